@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from models.trees import MISSING_AS_ZERO, MISSING_ZERO, Tree, TreeEnsemble
+from models.trees import MISSING_AS_ZERO, MISSING_ZERO, ZERO_BOUND, Tree, TreeEnsemble
 
 __all__ = ["apply", "predict_raw", "go_left"]
 
@@ -60,7 +60,8 @@ def go_left(tree: Tree, node: int, x: npt.NDArray[np.float64], ensemble: TreeEns
         left = v < thr if ensemble.comparison == "<" else v <= thr
     if mode == MISSING_AS_ZERO:
         return left
-    to_default = nan | (np.abs(np.where(nan, 1.0, x)) <= 1e-35) if mode == MISSING_ZERO else nan
+    zero = np.abs(np.where(nan, 1.0, x)) <= ZERO_BOUND
+    to_default = nan | zero if mode == MISSING_ZERO else nan
     return np.where(to_default, default, left)
 
 

@@ -14,7 +14,8 @@ Split semantics per node (see shared/methods/tree_export.md):
 - missing values: ``missing[i]`` says what a NaN (and, for ``MISSING_ZERO``, a zero) does:
   ``MISSING_DEFAULT``: NaN goes to the default child (``default_left[i]``);
   ``MISSING_AS_ZERO``: NaN is replaced by 0.0 and compared (LightGBM missing type None);
-  ``MISSING_ZERO``: NaN and ``|x| <= 1e-35`` go to the default child (LightGBM type Zero).
+  ``MISSING_ZERO``: NaN and ``|x| <= ZERO_BOUND`` (float32(1e-35), LightGBM's kZeroThreshold)
+  go to the default child (LightGBM missing type Zero).
 - categorical split (``categories[i]`` is not None): the value is a category code; codes
   in the set ``categories[i]`` go left when ``category_set_left[i]`` is true (LightGBM)
   and right when false (XGBoost); every other code — unlisted, negative, non-integer —
@@ -32,6 +33,8 @@ import numpy.typing as npt
 MISSING_DEFAULT = 0
 MISSING_AS_ZERO = 1
 MISSING_ZERO = 2
+# LightGBM treats |x| <= float32(1e-35) as zero; the bound must be that float32, widened.
+ZERO_BOUND = float(np.float32(1e-35))
 
 Comparison = Literal["<", "<="]
 Link = Literal["identity", "logistic", "softmax"]
