@@ -1,0 +1,1 @@
+"""Alembic migrations of tabxai's schema; every schema change is a migration."""

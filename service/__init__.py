@@ -1,0 +1,1 @@
+"""tabxai's web service: the only package that knows HTTP, SQL and settings."""

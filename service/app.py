@@ -1,0 +1,43 @@
+"""create_app(): the FastAPI application with its routers, error handlers and lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import health
+from service.catalog import endpoints as catalog_endpoints
+from service.config import Settings
+from service.db import Database
+from service.errors import install_error_handlers
+from service.metrics import install_metrics
+from service.migrate import upgrade
+
+DESCRIPTION = """Explain tabular machine-learning models: upload a table and a trained
+model, then ask for exact TreeSHAP, permutation importance, Feature Vectors or
+Rashomon-set interaction scores. Errors are RFC 9457 problem documents."""
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+    """The application. ``migrate`` runs the migrations at start-up (the default)."""
+    settings = settings or Settings()
+    settings.ensure_dirs()
+    db = Database(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate:
+            upgrade(db.engine)
+        yield
+        db.dispose()
+
+    app = FastAPI(title="tabxai", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.db = db
+    install_error_handlers(app)
+    install_metrics(app)
+    app.include_router(health.router)
+    app.include_router(catalog_endpoints.router)
+    return app

@@ -1,0 +1,172 @@
+"""The `tabxai` command: serve, worker, migrate, keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from service.config import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tabxai", description="Explain tabular ML models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API (and workers beside it)")
+    serve.add_argument("--host", help="address to listen on (TABXAI_HOST)")
+    serve.add_argument("--port", type=int, help="port (TABXAI_PORT)")
+    serve.set_defaults(func=_serve)
+
+    worker = sub.add_parser("worker", help="run a job worker until SIGTERM/SIGINT")
+    worker.add_argument("--concurrency", type=int, default=1,
+                        help="jobs run at once, each in its own process (default 1)")
+    worker.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                        help="auto: cuda when a GPU is present (TABXAI_WORKER_DEVICE)")
+    worker.set_defaults(func=_worker)
+
+    migrate = sub.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(func=_migrate)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key (printed once)")
+    create.add_argument("--workspace", required=True, help="workspace name")
+    create.set_defaults(func=_keys_create)
+    listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    listing.set_defaults(func=_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=_keys_revoke)
+
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return int(args.func(args, settings) or 0)
+
+
+def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    from service.db import Database
+
+    settings.ensure_dirs()
+    return Database(settings.resolved_database_url)
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from service.migrate import upgrade
+
+    db = _database(settings)
+    upgrade(db.engine)
+    print("database is up to date")
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.auth import any_active_key
+    from service.migrate import upgrade
+
+    updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = settings.model_copy(update=updates)
+    db = _database(settings)
+    upgrade(db.engine)
+    with db.session() as session:
+        has_key = any_active_key(session)
+    if not settings.on_loopback and not has_key:
+        print(
+            f"tabxai: refusing to listen on {settings.host} without an API key: anyone who "
+            "can reach it could use it. Create a key first with `tabxai keys create "
+            "--workspace NAME`, or listen on 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
+    db.dispose()
+    app = create_app(settings, migrate=False)
+    workers = _start_workers(settings)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        _stop_workers(workers)
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from service.jobs.worker import run_worker
+
+    if args.concurrency < 1:
+        print("tabxai: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    return run_worker(settings, concurrency=args.concurrency,
+                      device=args.device or settings.worker_device)
+
+
+def _start_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """Start TABXAI_WORKERS worker processes beside the API, with the same settings."""
+    env = {**os.environ, "TABXAI_DATA_DIR": str(settings.data_dir),
+           "TABXAI_DATABASE_URL": settings.resolved_database_url}
+    command = [sys.executable, "-m", "service.cli", "worker",
+               "--device", settings.worker_device]
+    return [subprocess.Popen(command, env=env) for _ in range(settings.workers)]
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    # SIGTERM gives their jobs back to the queue; a worker that hangs is killed.
+    for process in workers:
+        if process.poll() is None:
+            process.terminate()
+    for process in workers:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from service.auth import create_key
+    from service.migrate import upgrade
+
+    db = _database(settings)
+    upgrade(db.engine)
+    with db.session() as session:
+        key, secret = create_key(session, args.workspace)
+        key_id = key.id
+    print(f"created {key_id} for workspace {args.workspace}; the key is shown once:")
+    print(secret)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from service.auth import list_keys
+
+    db = _database(settings)
+    with db.session() as session:
+        for key, workspace in list_keys(session):
+            state = f"revoked {key.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if key.revoked_at else "active"
+            print(f"{key.id}\t{workspace}\t{key.prefix}…\t{state}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from service.auth import revoke_key
+    from service.errors import NotFound
+
+    db = _database(settings)
+    try:
+        with db.session() as session:
+            revoke_key(session, args.key_id)
+    except NotFound as exc:
+        print(f"tabxai: {exc.detail}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

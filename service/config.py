@@ -1,0 +1,78 @@
+"""One validated settings object, read from the environment (prefix ``TABXAI_``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1 << 30
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="TABXAI_", extra="ignore")
+
+    data_dir: Path = Field(Path("./tabxai-data"), description="SQLite file and temporary files.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file tabxai.db under data_dir."
+    )
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_bytes: int = Field(2 * GiB, gt=0, description="Largest accepted upload.")
+    auth: Literal["auto", "required"] = Field(
+        "auto",
+        description="auto: keys are required once one exists or when not on loopback; "
+        "required: always.",
+    )
+    trust_uploads: bool = Field(
+        False, description="Allow pickle, joblib and TorchScript uploads (runs their code)."
+    )
+    inspect_memory_bytes: int = Field(2 * GiB, gt=0, description="Memory cap of model inspection.")
+    inspect_seconds: float = Field(60.0, gt=0, description="Time cap of model inspection.")
+    workers: int = Field(1, ge=0, description="Workers `tabxai serve` starts beside the API.")
+    worker_device: Literal["auto", "cpu", "cuda"] = "auto"
+    job_memory_bytes: int = Field(8 * GiB, gt=0, description="Memory cap of one job process.")
+    lease_seconds: float = Field(30.0, gt=0, description="How long a claimed job stays leased.")
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    poll_seconds: float = Field(0.5, gt=0, description="Queue polling interval (SQLite).")
+    max_attempts: int = Field(3, ge=1)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> Settings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("TABXAI_HEARTBEAT_SECONDS must be shorter than TABXAI_LEASE_SECONDS")
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tabxai.db').resolve()}"
+
+    @property
+    def on_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    def ensure_dirs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

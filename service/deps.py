@@ -1,0 +1,42 @@
+"""FastAPI dependencies, declared once as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.auth import CurrentWorkspace, authenticate
+from service.config import Settings
+from service.db import Database
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_database(request: Request) -> Database:
+    return request.app.state.db  # type: ignore[no-any-return]
+
+
+def get_session(db: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
+    """The request's one transaction: committed when the endpoint succeeds."""
+    with db.session() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_workspace(request: Request, db: DatabaseDep, settings: SettingsDep
+                  ) -> CurrentWorkspace:
+    # A transaction of its own: an upload must not hold one open while its body streams.
+    with db.session() as session:
+        return authenticate(request, session, settings)
+
+
+WorkspaceDep = Annotated[CurrentWorkspace, Depends(get_workspace)]

@@ -1,0 +1,189 @@
+"""Domain errors and their one translation into RFC 9457 problem documents.
+
+Code below the endpoints raises these with a sentence a person can act on; the handlers
+installed by :func:`install_error_handlers` turn every error — ours, FastAPI's request
+validation, unknown routes, and anything unexpected — into ``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.errors import ModelError
+
+log = logging.getLogger("tabxai.errors")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ServiceError(Exception):
+    """Base of every error the API reports. The docstring of a subclass is its title."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.errors = errors
+        self.headers = headers
+
+    @property
+    def title(self) -> str:
+        return (type(self).__doc__ or type(self).__name__).strip().splitlines()[0]
+
+
+class BadRequest(ServiceError):
+    """The request could not be read."""
+
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ServiceError):
+    """Missing or invalid API key."""
+
+    status, code = 401, "unauthorized"
+
+
+class NotFound(ServiceError):
+    """Not found."""
+
+    status, code = 404, "not_found"
+
+
+class Conflict(ServiceError):
+    """The request conflicts with the current state."""
+
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    """The upload is larger than this server accepts."""
+
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """Unsupported format."""
+
+    status, code = 415, "unsupported_format"
+
+
+class Unprocessable(ServiceError):
+    """The request is valid but cannot be served."""
+
+    status, code = 422, "unprocessable"
+
+
+class NotReady(ServiceError):
+    """The service is not ready."""
+
+    status, code = 503, "not_ready"
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(ModelError, _model_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return problem_response(
+        exc.status, exc.code, exc.title, exc.detail, errors=exc.errors, headers=exc.headers
+    )
+
+
+async def _model_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ModelError)
+    errors = None
+    for attr in ("missing", "extra", "type_clashes"):
+        values = getattr(exc, attr, None)
+        if values:
+            errors = (errors or []) + [{"field": attr, "columns": list(values)}]
+    title = (type(exc).__doc__ or "The model cannot be used.").strip().splitlines()[0]
+    return problem_response(exc.status, exc.code, title, str(exc), errors=errors)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": [str(part) for part in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        for err in exc.errors()
+    ]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem_response(
+            400, "invalid_json", "The request body is not valid JSON.",
+            "Send a JSON body with Content-Type: application/json.", errors=errors,
+        )
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(p for p in first["loc"] if p not in ("body", "query", "path")) or "request"
+    detail = f"{where}: {first['msg']}. Fix this field and send the request again."
+    return problem_response(
+        422, "invalid_request", "The request is not valid.", detail, errors=errors
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        detail = f"There is no route {request.url.path}; see /docs for the API."
+        return problem_response(404, "not_found", "Not found.", detail)
+    if exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}."
+        return problem_response(405, "method_not_allowed", "Method not allowed.", detail,
+                                headers=getattr(exc, "headers", None))
+    code = "http_%d" % exc.status_code
+    return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail),
+                            headers=getattr(exc, "headers", None))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"event": "unhandled_error", "path": request.url.path})
+    return problem_response(
+        500, "internal_error", "Internal error.",
+        "The server failed to handle this request; the error was logged. Try again, and "
+        "report it if it persists.",
+    )

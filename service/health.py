@@ -1,0 +1,39 @@
+"""Liveness, readiness and metrics endpoints."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from service.deps import DatabaseDep
+from service.errors import NotReady
+from service.metrics import render_metrics
+from service.migrate import current_revision, head_revision
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(db: DatabaseDep) -> dict[str, str]:
+    """The database is reachable and migrated to the newest revision."""
+    try:
+        current = current_revision(db.engine)
+    except Exception as exc:  # any driver error means "not reachable"
+        raise NotReady(f"The database is not reachable: {type(exc).__name__}.",
+                       code="database_unreachable") from exc
+    head = head_revision()
+    if current != head:
+        raise NotReady(f"The database is at revision {current}, not {head}; run "
+                       "`tabxai migrate`.", code="not_migrated")
+    return {"status": "ready", "revision": head}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics() -> PlainTextResponse:
+    return PlainTextResponse(render_metrics(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,137 @@
+"""Blobs in the database, in ordered chunks of about 4 MiB.
+
+Any API process or worker on any machine sees the same bytes with only the database
+shared, and a blob is written in the caller's transaction, so a failed upload leaves no
+chunk behind. Reading never loads a whole blob: :class:`BlobReader` is a seekable
+file object that fetches one chunk at a time in short transactions of its own.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from service.db import Database
+from service.errors import NotFound
+from service.ids import new_id
+from service.tables import Blob, BlobChunk
+
+CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def store_file(session: Session, path: Path, *, sha256: str, chunk_bytes: int = CHUNK_BYTES
+               ) -> Blob:
+    """Store the file at ``path`` as a new blob inside the session's transaction."""
+
+    def chunks() -> Iterator[bytes]:
+        with path.open("rb") as f:
+            while data := f.read(chunk_bytes):
+                yield data
+
+    return store_chunks(session, chunks(), sha256=sha256)
+
+
+def store_chunks(session: Session, chunks: Iterable[bytes], *, sha256: str = "") -> Blob:
+    """Store byte strings as one blob, each string one chunk, in the caller's transaction.
+
+    Chunks go through Core inserts, not the ORM, so none stays in the session's identity
+    map: storing a 1 GB upload holds one chunk in memory at a time.
+    """
+    blob = Blob(id=new_id("blob"), size_bytes=0, sha256=sha256, n_chunks=0, chunk_bytes=0)
+    session.add(blob)
+    session.flush()
+    size = 0
+    seq = 0
+    for data in chunks:
+        if seq == 0:
+            blob.chunk_bytes = len(data)
+        session.execute(insert(BlobChunk), [{"blob_id": blob.id, "seq": seq, "data": data}])
+        size += len(data)
+        seq += 1
+    blob.size_bytes = size
+    blob.n_chunks = seq
+    session.flush()
+    return blob
+
+
+def delete_blob(session: Session, blob_id: str) -> None:
+    session.execute(delete(BlobChunk).where(BlobChunk.blob_id == blob_id))
+    session.execute(delete(Blob).where(Blob.id == blob_id))
+
+
+def read_chunk(session: Session, blob_id: str, seq: int) -> bytes:
+    data = session.scalar(
+        select(BlobChunk.data).where(BlobChunk.blob_id == blob_id, BlobChunk.seq == seq)
+    )
+    if data is None:
+        raise NotFound(f"Chunk {seq} of blob {blob_id} is missing.")
+    return bytes(data)
+
+
+class BlobReader(io.RawIOBase):
+    """A read-only, seekable file over a blob; holds at most one chunk in memory."""
+
+    def __init__(self, db: Database, blob_id: str) -> None:
+        super().__init__()
+        with db.session() as session:
+            blob = session.get(Blob, blob_id)
+            if blob is None:
+                raise NotFound(f"Blob {blob_id} does not exist.")
+            self.size = blob.size_bytes
+            self.n_chunks = blob.n_chunks
+            self.chunk_bytes = blob.chunk_bytes
+        self._db = db
+        self._blob_id = blob_id
+        self._pos = 0
+        self._chunk = b""
+        self._chunk_start = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._pos >= self.size:
+            return 0
+        if not (self._chunk_start <= self._pos < self._chunk_start + len(self._chunk)):
+            self._load_chunk_at(self._pos)
+        start = self._pos - self._chunk_start
+        n = min(len(buffer), len(self._chunk) - start)
+        buffer[:n] = self._chunk[start:start + n]
+        self._pos += n
+        return n
+
+    def _load_chunk_at(self, pos: int) -> None:
+        seq = min(pos // self.chunk_bytes, self.n_chunks - 1)
+        with self._db.session() as session:
+            self._chunk = read_chunk(session, self._blob_id, seq)
+        self._chunk_start = seq * self.chunk_bytes
+
+    def iter_chunks(self) -> Iterator[bytes]:
+        """Yield the blob's chunks in order (for streamed downloads)."""
+        for seq in range(self.n_chunks):
+            with self._db.session() as session:
+                yield read_chunk(session, self._blob_id, seq)
+
+
+def copy_blob_to_file(db: Database, blob_id: str, path: Path) -> None:
+    """Write a blob to a local file, one chunk at a time."""
+    reader = BlobReader(db, blob_id)
+    with path.open("wb") as out:
+        for data in reader.iter_chunks():
+            out.write(data)
+
