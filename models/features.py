@@ -1,0 +1,172 @@
+"""Match a dataset's columns to a model's features and build the model's input matrix.
+
+Columns are matched by name when the model stores feature names, else by position with
+the target column left out. Categorical columns are encoded with the categories stored
+in the model, the way its library encodes them (LightGBM: pandas category lists, unknown
+values become NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from models.errors import FeatureMismatch, TargetMismatch
+from models.inspection import ModelInfo
+
+__all__ = ["check_compatible", "build_matrix", "target_vector", "DTYPES"]
+
+DTYPES = ("float", "int", "bool", "category", "string", "datetime")
+_NUMERIC = ("float", "int", "bool")
+
+
+def check_compatible(
+    columns: Sequence[tuple[str, str]], info: ModelInfo, *, target: str | None
+) -> list[str]:
+    """Return the dataset column names that feed the model, in the model's column order.
+
+    columns: (name, dtype) of each dataset column, dtype one of DTYPES.
+    target: the dataset's target column, never used as a feature.
+
+    Raises FeatureMismatch naming missing columns and type clashes (a string or category
+    column where the model expects a number and has no categories for it; any datetime
+    column). Extra dataset columns are ignored; they are listed only in that error.
+    """
+    for name, dtype in columns:
+        if dtype not in DTYPES:
+            raise ValueError(f"column {name!r} has dtype {dtype!r}; expected one of {DTYPES}")
+    available = [(name, dtype) for name, dtype in columns if name != target]
+    dtypes = dict(available)
+    missing: list[str] = []
+    if info.feature_names is not None:
+        chosen = [n for n in info.feature_names if n in dtypes]
+        missing = [n for n in info.feature_names if n not in dtypes]
+    else:
+        chosen = [name for name, _ in available[: info.n_features]]
+        missing = [f"column {i}" for i in range(len(chosen), info.n_features)]
+    keys = chosen if info.feature_names is not None else [str(i) for i in range(len(chosen))]
+    clashes = []
+    for key, name in zip(keys, chosen, strict=True):
+        dtype = dtypes[name]
+        if dtype == "datetime":
+            clashes.append(f"{name} (datetime; the model expects a number)")
+        elif dtype in ("string", "category") and key not in info.categories:
+            clashes.append(f"{name} ({dtype}; the model expects a number)")
+    if missing or clashes:
+        used = set(chosen)
+        extra = [name for name, _ in available if name not in used]
+        parts = []
+        if missing:
+            parts.append(f"the dataset lacks the model's features {', '.join(missing)}")
+        if clashes:
+            parts.append(f"these columns have the wrong type: {', '.join(clashes)}")
+        message = "The dataset does not fit the model: " + "; ".join(parts) + "."
+        if extra:
+            message += f" Columns the model does not use: {', '.join(extra)}."
+        raise FeatureMismatch(message, missing=missing, extra=extra, type_clashes=clashes)
+    return chosen
+
+
+def build_matrix(
+    table: pa.Table, info: ModelInfo, *, target: str | None
+) -> npt.NDArray[np.float64]:
+    """The model's input: float64 [n_rows, n_features], model column order.
+
+    Numeric columns are cast (nulls -> NaN, bool -> 0/1); a column for which the model
+    stores categories is encoded as the code of its value in those categories (unknown
+    values and nulls -> NaN). Raises FeatureMismatch as check_compatible does.
+    """
+    columns = [(name, _arrow_dtype(table.schema.field(name).type)) for name in table.column_names]
+    chosen = check_compatible(columns, info, target=target)
+    out = np.empty((table.num_rows, info.n_features), dtype=np.float64)
+    for j, name in enumerate(chosen):
+        key = info.feature_names[j] if info.feature_names is not None else str(j)
+        column = table.column(name)
+        if key in info.categories:
+            out[:, j] = _encode(column, info.categories[key])
+        else:
+            out[:, j] = _to_float(column)
+    return out
+
+
+def target_vector(table: pa.Table, target: str, info: ModelInfo) -> npt.NDArray[Any]:
+    """The target column as the model sees it.
+
+    Regression: float64 [n_rows] (nulls -> NaN). Classification: int64 [n_rows], the
+    index of each label in ``info.classes``. Raises TargetMismatch for a missing column,
+    null labels or labels the model does not know.
+    """
+    if target not in table.column_names:
+        raise TargetMismatch(f"The dataset has no target column {target!r}.")
+    column = table.column(target)
+    if info.task == "regression":
+        if _arrow_dtype(column.type) not in _NUMERIC:
+            raise TargetMismatch(
+                f"The target column {target!r} is not numeric; the model is a regression model."
+            )
+        return _to_float(column)
+    classes = info.classes or []
+    index = {_label_key(c): i for i, c in enumerate(classes)}
+    codes = np.empty(len(column), dtype=np.int64)
+    unknown: list[Any] = []
+    for row, value in enumerate(column.to_pylist()):
+        code = index.get(_label_key(value))
+        if code is None:
+            unknown.append(value)
+            codes[row] = -1
+        else:
+            codes[row] = code
+    if unknown:
+        shown = sorted({repr(v) for v in unknown})[:10]
+        raise TargetMismatch(
+            f"The target column {target!r} holds {len(unknown)} values that are not classes of "
+            f"the model ({', '.join(shown)}); the model's classes are {classes}."
+        )
+    return codes
+
+
+def _arrow_dtype(arrow_type: pa.DataType) -> str:
+    if pa.types.is_boolean(arrow_type):
+        return "bool"
+    if pa.types.is_integer(arrow_type):
+        return "int"
+    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "float"
+    if pa.types.is_dictionary(arrow_type):
+        return "category"
+    if pa.types.is_temporal(arrow_type):
+        return "datetime"
+    return "string"
+
+
+def _to_float(column: pa.ChunkedArray) -> npt.NDArray[np.float64]:
+    as_float = pc.cast(column, pa.float64()).fill_null(float("nan"))
+    return np.asarray(as_float.to_numpy(), dtype=np.float64)
+
+
+def _encode(column: pa.ChunkedArray, labels: list[str]) -> npt.NDArray[np.float64]:
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
+    if pa.types.is_floating(column.type):
+        # Category labels of float categories are written like Python's str(float).
+        strings = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+    else:
+        strings = pc.cast(column, pa.string())
+    codes = pc.index_in(strings, value_set=pa.array(labels, pa.string()))
+    return _to_float(pa.chunked_array([codes]) if isinstance(codes, pa.Array) else codes)
+
+
+def _label_key(value: Any) -> Any:
+    """Compare labels by value: 1, 1.0, True and "1" are the same class."""
+    if isinstance(value, bool | np.bool_):
+        return str(int(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value)

@@ -1,0 +1,996 @@
+"""Load an uploaded model file into a :class:`~models.loaded.LoadedModel`, in-process.
+
+:func:`load_model` runs in whatever process calls it: the inspection sandbox at upload
+time, a job process (which already has its limits) afterwards. Formats that can run code
+when loaded (pickle, joblib, TorchScript) are refused unless ``trust_uploads`` is true;
+skops files are loaded with an explicit allowlist of types, never ``trusted=True``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.errors import (
+    InvalidModel,
+    UnsupportedModelFormat,
+    UnsupportedOutput,
+    UntrustedFormat,
+    UntrustedType,
+)
+from models.formats import FORMATS, SERVED_FORMATS
+from models.loaded import Device, LoadedModel
+
+__all__ = ["load_model", "TASKS", "SKOPS_ALLOWED_BUILTINS"]
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("regression", "binary", "multiclass")
+
+SKOPS_ALLOWED_BUILTINS = frozenset(
+    {
+        "builtins.slice",
+        "builtins.frozenset",
+        "builtins.bytes",
+        "builtins.bytearray",
+        "builtins.complex",
+        "builtins.range",
+        "collections.OrderedDict",
+        "collections.defaultdict",
+    }
+)
+"""Non-scikit-learn, non-numpy types a skops file may hold (plain data containers)."""
+
+_SKOPS_ALLOWED_PACKAGES = ("sklearn.", "numpy.", "scipy.sparse.")
+
+_UNTRUSTED_SENTENCE = (
+    "Files in the {fmt} format can run arbitrary code when loaded, so this server refuses "
+    "them (the operator can allow them with TABXAI_TRUST_UPLOADS=1). Save a scikit-learn "
+    "model with skops.io.dump(model, 'model.skops'), or convert the model to ONNX "
+    "(skl2onnx, torch.onnx.export) and upload that instead."
+)
+
+
+def load_model(
+    path: Path,
+    *,
+    format: str,
+    feature_names: list[str] | None = None,
+    task: str | None = None,
+    classes: list[Any] | None = None,
+    trust_uploads: bool = False,
+    n_threads: int | None = None,
+) -> LoadedModel:
+    """Load the model file at ``path``, saved in ``format`` (see models.formats.FORMATS).
+
+    feature_names: names for the model's columns; required for models that store none
+        only if the caller wants name matching; must agree with names the model stores.
+    task: "regression", "binary" or "multiclass"; required where the file cannot tell
+        (ONNX graphs with one multi-column output); must agree with what the file says.
+    classes: class labels in output order; must agree with labels the model stores;
+        defaults to 0..K-1 where the model stores none.
+    trust_uploads: allow pickle, joblib and TorchScript.
+    n_threads: threads for the library's prediction (None: the library's default).
+
+    Raises a ModelError subclass for anything wrong with the file or the arguments.
+    """
+    if format not in FORMATS:
+        raise UnsupportedModelFormat(
+            f"Unknown model format {format!r}; choose one of {', '.join(SERVED_FORMATS)}."
+        )
+    if task is not None and task not in TASKS:
+        raise InvalidModel(f"task must be one of {', '.join(TASKS)}, got {task!r}.")
+    if n_threads is not None and n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    path = Path(path)
+    if format in ("pickle", "joblib", "torchscript") and not trust_uploads:
+        raise UntrustedFormat(_UNTRUSTED_SENTENCE.format(fmt=format))
+    loader = {
+        "xgboost": _load_xgboost,
+        "lightgbm": _load_lightgbm,
+        "sklearn": _load_skops,
+        "pickle": _load_pickled,
+        "joblib": _load_pickled,
+        "onnx": _load_onnx,
+        "torchscript": _load_torchscript,
+    }[format]
+    parts = loader(path, task=task, n_threads=n_threads)
+    parts["format"] = format
+    return _assemble(parts, feature_names=feature_names, task=task, classes=classes)
+
+
+def _assemble(
+    parts: dict[str, Any],
+    *,
+    feature_names: list[str] | None,
+    task: str | None,
+    classes: list[Any] | None,
+) -> LoadedModel:
+    """Reconcile what the file says with the caller's arguments and build the model."""
+    n_features = int(parts["n_features"])
+    names = parts.get("feature_names")
+    if feature_names is not None:
+        feature_names = [str(n) for n in feature_names]
+        if len(feature_names) != n_features:
+            raise InvalidModel(
+                f"feature_names has {len(feature_names)} names but the model takes "
+                f"{n_features} features."
+            )
+        if names is not None and list(names) != feature_names:
+            raise InvalidModel(
+                f"feature_names do not match the names stored in the model: {list(names)}."
+            )
+        names = feature_names
+    file_task = parts["task"]
+    if task is not None and task != file_task:
+        raise InvalidModel(f"task={task!r} was given but the model is a {file_task} model.")
+    n_classes = parts.get("n_classes")
+    stored = parts.get("classes")
+    if file_task == "regression":
+        if classes is not None:
+            raise InvalidModel("classes were given for a regression model.")
+        final_classes = None
+    else:
+        if classes is not None:
+            if len(classes) != n_classes:
+                raise InvalidModel(
+                    f"{len(classes)} classes were given but the model has {n_classes}."
+                )
+            if stored is not None and [str(c) for c in stored] != [str(c) for c in classes]:
+                raise InvalidModel(f"classes do not match the model's own classes {stored}.")
+            final_classes = list(classes)
+        else:
+            final_classes = list(stored) if stored is not None else list(range(int(n_classes)))
+    categories = parts.get("categories_by_index", {})
+    keyed = {(names[i] if names is not None else str(i)): list(v) for i, v in categories.items()}
+    return LoadedModel(
+        format=parts["format"],
+        kind=parts["kind"],
+        task=file_task,
+        n_features=n_features,
+        feature_names=None if names is None else list(names),
+        n_outputs=int(parts["n_outputs"]),
+        classes=final_classes,
+        categories=keyed,
+        details=parts["details"],
+        native=parts["native"],
+        predictor=parts["predictor"],
+    )
+
+
+def _two_columns(p: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """[1 - p, p], with 1 - p computed in p's own dtype as the libraries' classifiers do
+    (XGBClassifier in float32, LGBMClassifier in float64)."""
+    p = np.asarray(p).reshape(-1)
+    return np.column_stack([1.0 - p, p]).astype(np.float64)
+
+
+def _softmax(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+# --------------------------------------------------------------------------- XGBoost
+
+
+def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+    import xgboost
+
+    raw = path.read_bytes()
+    params = {} if n_threads is None else {"nthread": n_threads}
+    booster = xgboost.Booster(params=params)
+    try:
+        # From a buffer XGBoost tells JSON from UBJSON by the bytes, not the file name.
+        booster.load_model(bytearray(raw))
+        config = json.loads(booster.save_config())
+    except (xgboost.core.XGBoostError, ValueError) as error:
+        raise InvalidModel(f"The XGBoost model could not be read: {_first_line(error)}") from error
+    learner = config["learner"]
+    objective = learner["objective"]["name"]
+    model_param = learner["learner_model_param"]
+    num_class = int(model_param.get("num_class", "0"))
+    num_target = int(model_param.get("num_target", "1"))
+    booster_kind = learner["gradient_booster"]["name"]
+    if objective.startswith("binary:"):
+        file_task, n_outputs, n_classes = "binary", 1, 2
+    elif objective.startswith("multi:"):
+        if num_class < 2:
+            raise InvalidModel(f"The {objective} model has num_class={num_class}.")
+        file_task, n_outputs, n_classes = "multiclass", num_class, num_class
+    else:
+        file_task, n_outputs, n_classes = "regression", max(num_target, 1), None
+    feature_types = booster.feature_types or []
+    details = {
+        "library": "xgboost",
+        "library_version": xgboost.__version__,
+        "model_version": ".".join(str(v) for v in config.get("version", [])),
+        "objective": objective,
+        "booster": booster_kind,
+    }
+    if any(t == "c" for t in feature_types):
+        details["categorical_features"] = [i for i, t in enumerate(feature_types) if t == "c"]
+    return {
+        "kind": "other" if booster_kind == "gblinear" else "tree",
+        "task": file_task,
+        "n_features": booster.num_features(),
+        "feature_names": booster.feature_names,
+        "n_outputs": n_outputs,
+        "n_classes": n_classes,
+        "details": details,
+        "native": booster,
+        "predictor": _XGBoostPredictor(booster, objective, n_outputs),
+    }
+
+
+class _XGBoostPredictor:
+    def __init__(self, booster: Any, objective: str, n_outputs: int) -> None:
+        self._booster = booster
+        self._objective = objective
+        self._n_outputs = n_outputs
+        self._device = "cpu"
+
+    def use_device(self, device: Device) -> str:
+        if device == "cuda" and self._device != "cuda" and _xgboost_cuda_available():
+            self._booster.set_param({"device": "cuda"})
+            self._device = "cuda"
+        elif device == "cpu" and self._device != "cpu":
+            self._booster.set_param({"device": "cpu"})
+            self._device = "cpu"
+        return self._device
+
+    def _inplace(self, X: npt.NDArray[np.float64], predict_type: str) -> npt.NDArray[Any]:
+        if self._device == "cuda":
+            import cupy
+
+            return cupy.asnumpy(
+                self._booster.inplace_predict(cupy.asarray(X), predict_type=predict_type)
+            )
+        return self._booster.inplace_predict(X, predict_type=predict_type)  # type: ignore[no-any-return]
+
+    def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.asarray(self._inplace(X, "margin"), dtype=np.float64).reshape(
+            X.shape[0], self._n_outputs
+        )
+
+    def probability(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        if self._objective in ("binary:logistic", "binary:hinge"):
+            return _two_columns(self._inplace(X, "value"))
+        if self._objective == "multi:softprob":
+            return np.asarray(self._inplace(X, "value"), dtype=np.float64)
+        if self._objective.startswith("multi:"):
+            return _softmax(self.raw(X))
+        return _two_columns(_sigmoid(self.raw(X)))
+
+    def label(self, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+        if self._objective.startswith(("binary:", "multi:")):
+            return np.argmax(self.probability(X), axis=1)
+        value = np.asarray(self._inplace(X, "value"), dtype=np.float64)
+        return value.reshape(X.shape[0], -1) if self._n_outputs > 1 else value.reshape(-1)
+
+
+_xgboost_cuda: bool | None = None
+
+
+def _xgboost_cuda_available() -> bool:
+    """Whether XGBoost can predict on a GPU here: built with CUDA, cupy and a device present."""
+    global _xgboost_cuda
+    if _xgboost_cuda is None:
+        import xgboost
+
+        _xgboost_cuda = False
+        if xgboost.build_info().get("USE_CUDA"):
+            try:
+                import cupy
+
+                _xgboost_cuda = cupy.cuda.runtime.getDeviceCount() > 0
+            except ImportError:
+                logger.info("cupy is not installed: XGBoost predicts on the CPU")
+            except cupy.cuda.runtime.CUDARuntimeError:
+                logger.info("no CUDA device: XGBoost predicts on the CPU")
+    return _xgboost_cuda
+
+
+# -------------------------------------------------------------------------- LightGBM
+
+_LGB_HEADER_LIMIT = 1 << 20
+
+
+def _load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+    import lightgbm
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    header = _lightgbm_header(text)
+    _check_lightgbm_sizes(text, header)
+    try:
+        booster = lightgbm.Booster(model_str=text)
+    except lightgbm.basic.LightGBMError as error:
+        raise InvalidModel(f"The LightGBM model could not be read: {_first_line(error)}") from error
+    objective = header.get("objective", "regression").split(" ")[0]
+    n_outputs = int(header.get("num_tree_per_iteration", "1"))
+    if objective == "binary":
+        file_task, n_classes = "binary", 2
+    elif objective in ("multiclass", "multiclassova"):
+        file_task, n_classes = "multiclass", int(header.get("num_class", str(n_outputs)))
+    else:
+        file_task, n_classes = "regression", None
+    n_features = booster.num_feature()
+    names = booster.feature_name()
+    if names == [f"Column_{i}" for i in range(n_features)]:
+        names = None  # LightGBM's placeholder names for a model trained without names
+    details: dict[str, Any] = {
+        "library": "lightgbm",
+        "library_version": lightgbm.__version__,
+        "model_version": header.get("version", ""),
+        "objective": header.get("objective", ""),
+    }
+    if re.search(r"^is_linear=1$", text, flags=re.MULTILINE):
+        details["linear_tree"] = True
+        details["note"] = (
+            "This is a LightGBM linear-tree model: it predicts normally, but its leaves hold "
+            "linear models that TreeSHAP and the tree methods cannot read."
+        )
+    categorical = _lightgbm_categorical_features(text)
+    categories: dict[int, list[str]] = {}
+    pandas_categorical = booster.pandas_categorical or []
+    if categorical:
+        details["categorical_features"] = categorical
+        if len(pandas_categorical) == len(categorical):
+            categories = {
+                i: [str(v) for v in labels]
+                for i, labels in zip(categorical, pandas_categorical, strict=True)
+            }
+        elif pandas_categorical:
+            details["categories_note"] = (
+                "The model's pandas category lists do not pair one-to-one with its categorical "
+                "features; categorical columns must be given as integer codes."
+            )
+    return {
+        "kind": "tree",
+        "task": file_task,
+        "n_features": n_features,
+        "feature_names": names,
+        "n_outputs": n_outputs,
+        "n_classes": n_classes,
+        "categories_by_index": categories,
+        "details": details,
+        "native": booster,
+        "predictor": _LightGBMPredictor(booster, file_task, n_outputs, n_threads),
+    }
+
+
+def _lightgbm_header(text: str) -> dict[str, str]:
+    if not text.startswith("tree\n"):
+        raise InvalidModel("The file is not a LightGBM text model (it must start with 'tree').")
+    header: dict[str, str] = {}
+    for line in text[:_LGB_HEADER_LIMIT].split("\n")[1:]:
+        if not line or line.startswith("Tree="):
+            break
+        key, sep, value = line.partition("=")
+        if sep:
+            header[key] = value
+    if "version" not in header:
+        raise InvalidModel(
+            "The LightGBM model has no version line; the file is not a LightGBM model."
+        )
+    return header
+
+
+def _check_lightgbm_sizes(text: str, header: dict[str, str]) -> None:
+    """Refuse size claims the file cannot back up, before LightGBM's parser trusts them
+    (it seeks by ``tree_sizes`` and allocates by ``num_leaves``, and crashes on lies)."""
+    try:
+        tree_sizes = [int(v) for v in header.get("tree_sizes", "").split()]
+        leaves = [int(v) for v in re.findall(r"^num_leaves=(-?\d+)$", text, flags=re.MULTILINE)]
+        per_iteration = int(header.get("num_tree_per_iteration", "1"))
+        num_class = int(header.get("num_class", "1"))
+    except ValueError as error:
+        raise InvalidModel(f"The LightGBM model header is malformed: {error}.") from error
+    n_trees = len(re.findall(r"^Tree=\d+$", text, flags=re.MULTILINE))
+    size = len(text)
+    if any(s < 0 for s in tree_sizes) or sum(tree_sizes) > size:
+        raise InvalidModel(
+            f"The LightGBM model claims trees of {sum(tree_sizes)} bytes in a file of {size}; "
+            "the file is truncated or corrupt."
+        )
+    if tree_sizes and len(tree_sizes) != n_trees:
+        raise InvalidModel(
+            f"The LightGBM model lists {len(tree_sizes)} tree sizes but holds {n_trees} trees."
+        )
+    if any(n < 1 for n in leaves) or sum(leaves) > size:
+        raise InvalidModel(
+            f"The LightGBM model claims {sum(leaves)} leaves in a file of {size} bytes; the file "
+            "is corrupt."
+        )
+    if not 1 <= per_iteration <= max(n_trees, 1) or not 1 <= num_class <= max(n_trees, 1):
+        raise InvalidModel(
+            f"The LightGBM model claims {max(per_iteration, num_class)} outputs but holds "
+            f"{n_trees} trees; the file is corrupt."
+        )
+
+
+def _lightgbm_categorical_features(text: str) -> list[int]:
+    match = re.search(r"^\[categorical_feature: ([0-9,]*)\]$", text, flags=re.MULTILINE)
+    if match is None or not match.group(1):
+        return []
+    return sorted(int(v) for v in match.group(1).split(","))
+
+
+class _LightGBMPredictor:
+    def __init__(self, booster: Any, task: str, n_outputs: int, n_threads: int | None) -> None:
+        self._booster = booster
+        self._task = task
+        self._n_outputs = n_outputs
+        self._params = {} if n_threads is None else {"num_threads": n_threads}
+
+    def use_device(self, device: Device) -> str:
+        return "cpu"  # LightGBM's prediction has no GPU path
+
+    def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        out = self._booster.predict(X, raw_score=True, **self._params)
+        return np.asarray(out, dtype=np.float64).reshape(X.shape[0], self._n_outputs)
+
+    def probability(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        out = self._booster.predict(X, **self._params)
+        return _two_columns(out) if self._task == "binary" else np.asarray(out, dtype=np.float64)
+
+    def label(self, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+        if self._task == "regression":
+            return np.asarray(self._booster.predict(X, **self._params), dtype=np.float64)
+        return np.argmax(self.probability(X), axis=1)
+
+
+# ---------------------------------------------------------------------- scikit-learn
+
+
+def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+    import zipfile
+
+    import skops.io
+
+    try:
+        untrusted = skops.io.get_untrusted_types(file=path)
+    except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError, OSError) as error:
+        raise InvalidModel(f"The skops file could not be read: {_first_line(error)}") from error
+    refused = [name for name in untrusted if not _skops_type_allowed(name)]
+    if refused:
+        raise UntrustedType(
+            f"The skops file holds types outside tabxai's allowlist: {', '.join(refused)}. "
+            "Only scikit-learn estimators, pipelines and preprocessors, numpy arrays and plain "
+            "data containers are loaded; save a model made only of those.",
+            types=refused,
+        )
+    try:
+        estimator = skops.io.load(path, trusted=list(untrusted))
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, OSError) as error:
+        raise InvalidModel(f"The skops file could not be loaded: {_first_line(error)}") from error
+    return _sklearn_parts(estimator)
+
+
+def _skops_type_allowed(name: str) -> bool:
+    """Allow classes (never functions) from scikit-learn, numpy and scipy.sparse, and a few
+    plain builtins. Resolving a name imports only those trusted packages."""
+    if name in SKOPS_ALLOWED_BUILTINS:
+        return True
+    if not name.startswith(_SKOPS_ALLOWED_PACKAGES):
+        return False
+    module_name, _, attr = name.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(obj, type)
+
+
+def _load_pickled(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+    import pickle
+
+    import joblib
+
+    try:
+        estimator = joblib.load(path)
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        ImportError,
+        AttributeError,
+        OSError,
+    ) as error:
+        raise InvalidModel(
+            f"The pickled model could not be loaded: {_first_line(error)}"
+        ) from error
+    if not type(estimator).__module__.startswith("sklearn."):
+        raise InvalidModel(
+            f"The pickle holds a {type(estimator).__module__}.{type(estimator).__qualname__}; "
+            "only scikit-learn estimators are read from pickle and joblib files."
+        )
+    return _sklearn_parts(estimator)
+
+
+def _sklearn_parts(estimator: Any) -> dict[str, Any]:
+    import sklearn
+    from sklearn.base import is_classifier, is_regressor
+
+    if not hasattr(estimator, "predict"):
+        raise InvalidModel(f"The {type(estimator).__name__} in the file cannot predict.")
+    if not (is_classifier(estimator) or is_regressor(estimator)):
+        raise InvalidModel(
+            f"{type(estimator).__name__} is neither a classifier nor a regressor; tabxai explains "
+            "supervised models."
+        )
+    n_features = getattr(estimator, "n_features_in_", None)
+    if n_features is None:
+        raise InvalidModel(f"The {type(estimator).__name__} in the file is not fitted.")
+    names = getattr(estimator, "feature_names_in_", None)
+    final = estimator[-1] if hasattr(estimator, "steps") else estimator
+    details: dict[str, Any] = {
+        "library": "sklearn",
+        "library_version": sklearn.__version__,
+        "estimator": f"{type(final).__module__}.{type(final).__name__}",
+    }
+    if hasattr(estimator, "steps"):
+        details["pipeline"] = [type(step).__name__ for _, step in estimator.steps]
+    kind = "tree" if _is_sklearn_tree(final) else "other"
+    if is_classifier(estimator):
+        classes = estimator.classes_
+        if np.ndim(classes) != 1:
+            raise InvalidModel("Multi-output classifiers are not supported.")
+        n_classes = len(classes)
+        file_task = "binary" if n_classes == 2 else "multiclass"
+        decision = type(final).__name__ in (
+            "GradientBoostingClassifier",
+            "HistGradientBoostingClassifier",
+        ) or not hasattr(estimator, "predict_proba")
+        n_outputs = (1 if n_classes == 2 else n_classes) if decision else n_classes
+        details["raw_output"] = "decision_function" if decision else "predict_proba"
+        class_list: list[Any] | None = np.asarray(classes).tolist()
+    else:
+        n_classes, file_task, decision, class_list = None, "regression", False, None
+        n_outputs = int(getattr(final, "n_outputs_", 1))
+        details["raw_output"] = "predict"
+    return {
+        "kind": kind,
+        "task": file_task,
+        "n_features": int(n_features),
+        "feature_names": None if names is None else [str(n) for n in names],
+        "n_outputs": n_outputs,
+        "n_classes": n_classes,
+        "classes": class_list,
+        "details": details,
+        "native": estimator,
+        "predictor": _SklearnPredictor(estimator, file_task, n_outputs, decision),
+    }
+
+
+def _is_sklearn_tree(estimator: Any) -> bool:
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        ExtraTreesRegressor,
+        GradientBoostingClassifier,
+        GradientBoostingRegressor,
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.tree import BaseDecisionTree
+
+    return isinstance(
+        estimator,
+        (
+            BaseDecisionTree,
+            RandomForestClassifier,
+            RandomForestRegressor,
+            ExtraTreesClassifier,
+            ExtraTreesRegressor,
+            GradientBoostingClassifier,
+            GradientBoostingRegressor,
+            HistGradientBoostingClassifier,
+            HistGradientBoostingRegressor,
+        ),
+    )
+
+
+class _SklearnPredictor:
+    def __init__(self, estimator: Any, task: str, n_outputs: int, decision: bool) -> None:
+        self._estimator = estimator
+        self._task = task
+        self._n_outputs = n_outputs
+        self._decision = decision
+
+    def use_device(self, device: Device) -> str:
+        return "cpu"
+
+    def _call(self, method: str, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+        with warnings.catch_warnings():
+            # A model fitted on a DataFrame warns about numpy input; the columns are
+            # already in its order (models.features).
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            return np.asarray(getattr(self._estimator, method)(X))
+
+    def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        if self._task == "regression":
+            method = "predict"
+        else:
+            method = "decision_function" if self._decision else "predict_proba"
+        return np.asarray(self._call(method, X), dtype=np.float64).reshape(
+            X.shape[0], self._n_outputs
+        )
+
+    def probability(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        if not hasattr(self._estimator, "predict_proba"):
+            raise UnsupportedOutput(
+                f"{type(self._estimator).__name__} gives no probabilities; ask for output='raw' "
+                "or 'label'."
+            )
+        return np.asarray(self._call("predict_proba", X), dtype=np.float64)
+
+    def label(self, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+        predicted = self._call("predict", X)
+        if self._task == "regression":
+            return predicted.astype(np.float64)
+        classes = self._estimator.classes_
+        index = np.searchsorted(classes, predicted)  # classes_ are sorted in scikit-learn
+        return index.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ ONNX
+
+_ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    from google.protobuf.message import DecodeError
+
+    model_bytes = path.read_bytes()
+    try:
+        proto = onnx.load_model_from_string(model_bytes)
+    except (DecodeError, ValueError, RuntimeError) as error:
+        raise InvalidModel(f"The ONNX file could not be parsed: {_first_line(error)}") from error
+    session = _onnx_session(model_bytes, ["CPUExecutionProvider"], n_threads)
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise InvalidModel(
+            f"The ONNX graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+            "tabxai needs exactly one 2-D float input holding all features."
+        )
+    (graph_input,) = inputs
+    if graph_input.type not in _ONNX_FLOAT_TYPES:
+        raise InvalidModel(
+            f"The ONNX input {graph_input.name!r} has type {graph_input.type}; tabxai needs a "
+            "2-D float (float32 or float64) tensor."
+        )
+    if len(graph_input.shape) != 2:
+        raise InvalidModel(
+            f"The ONNX input {graph_input.name!r} has shape {graph_input.shape}; tabxai needs a "
+            "2-D tensor [rows, features]."
+        )
+    batch, width = graph_input.shape
+    if not isinstance(width, int):
+        raise InvalidModel(
+            f"The ONNX input {graph_input.name!r} has no fixed number of features; re-export it "
+            "with a static second dimension."
+        )
+    outputs = session.get_outputs()
+    for out in outputs:
+        if out.type.startswith("seq(map"):
+            raise InvalidModel(
+                f"The ONNX output {out.name!r} is a list of dictionaries (a ZipMap); tabxai reads "
+                "probabilities as a tensor. Convert with skl2onnx using "
+                "options={'zipmap': False}."
+            )
+    float_outputs = [o for o in outputs if o.type in _ONNX_FLOAT_TYPES]
+    label_outputs = [o for o in outputs if o.type not in _ONNX_FLOAT_TYPES and len(o.shape) == 1]
+    input_dtype = _ONNX_FLOAT_TYPES[graph_input.type]
+    fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+    if not float_outputs:
+        raise InvalidModel("The ONNX graph has no float output to read predictions from.")
+    if label_outputs and len(float_outputs) == 1 and len(float_outputs[0].shape) == 2:
+        form = "label_and_probabilities"
+        value_output = float_outputs[0]
+    elif len(float_outputs) == 1:
+        form = "single"
+        value_output = float_outputs[0]
+    else:
+        raise InvalidModel(
+            f"The ONNX graph has {len(float_outputs)} float outputs "
+            f"({', '.join(o.name for o in float_outputs)}); tabxai reads one."
+        )
+    predictor = _OnnxPredictor(
+        model_bytes,
+        session,
+        graph_input.name,
+        value_output.name,
+        input_dtype,
+        fixed_batch,
+        n_threads,
+    )
+    out_width = value_output.shape[1] if len(value_output.shape) == 2 else 1
+    if not isinstance(out_width, int):
+        out_width = predictor.run(np.zeros((1, width))).shape[1]
+    producer = next((n.op_type for n in proto.graph.node if value_output.name in n.output), "")
+    if form == "label_and_probabilities":
+        is_probability = True
+        file_task = "binary" if out_width == 2 else "multiclass"
+        if task is not None and task != "regression":
+            file_task = task
+        n_classes = out_width
+    else:
+        is_probability = producer in ("Softmax", "Sigmoid")
+        if task is None:
+            if out_width != 1:
+                raise InvalidModel(
+                    f"The ONNX graph has one output with {out_width} columns: say what it predicts "
+                    "by passing task= ('regression', 'binary' or 'multiclass')."
+                )
+            file_task = "regression"
+        else:
+            file_task = task
+        n_classes = None if file_task == "regression" else (2 if out_width == 1 else out_width)
+        if file_task == "binary" and out_width not in (1, 2):
+            raise InvalidModel(
+                f"A binary model needs 1 or 2 output columns, the graph has {out_width}."
+            )
+    predictor.configure(file_task, is_probability, out_width)
+    ops = {n.op_type for n in proto.graph.node}
+    neural = bool(ops & {"MatMul", "Gemm", "Conv", "LSTM", "GRU", "RNN"})
+    return {
+        "kind": "neural" if neural else "other",
+        "task": file_task,
+        "n_features": width,
+        "feature_names": None,
+        "n_outputs": out_width,
+        "n_classes": n_classes,
+        "classes": _onnx_class_labels(proto, n_classes) if n_classes else None,
+        "details": {
+            "library": "onnxruntime",
+            "library_version": onnxruntime.__version__,
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+            "opset": max(
+                (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0
+            ),
+            "input_name": graph_input.name,
+            "input_type": graph_input.type,
+            "output_names": [o.name for o in outputs],
+            "prediction_output": value_output.name,
+            "output_is_probability": is_probability,
+        },
+        "native": session,
+        "predictor": predictor,
+    }
+
+
+def _onnx_session(model_bytes: bytes, providers: list[str], n_threads: int | None) -> Any:
+    import onnxruntime
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    options = onnxruntime.SessionOptions()
+    if n_threads is not None:
+        options.intra_op_num_threads = n_threads
+        options.inter_op_num_threads = 1
+    try:
+        return onnxruntime.InferenceSession(model_bytes, options, providers=providers)
+    except (
+        ort_state.Fail,
+        ort_state.InvalidGraph,
+        ort_state.InvalidProtobuf,
+        ort_state.InvalidArgument,
+        ort_state.NotImplemented,
+        ort_state.RuntimeException,
+    ) as error:
+        raise InvalidModel(
+            f"onnxruntime cannot run the ONNX graph: {_first_line(error)}"
+        ) from error
+
+
+def _onnx_class_labels(proto: Any, n_classes: int) -> list[Any] | None:
+    """Class labels stored in the graph by skl2onnx (classifier node attributes or a
+    'classes' initializer), or None."""
+    from onnx import numpy_helper
+
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.name == "classlabels_ints" and len(attr.ints) == n_classes:
+                return list(attr.ints)
+            if attr.name == "classlabels_strings" and len(attr.strings) == n_classes:
+                return [s.decode() for s in attr.strings]
+    for init in proto.graph.initializer:
+        if init.name == "classes":
+            values = numpy_helper.to_array(init).reshape(-1)
+            if len(values) == n_classes:
+                return [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
+    return None
+
+
+class _OnnxPredictor:
+    def __init__(
+        self,
+        model_bytes: bytes,
+        session: Any,
+        input_name: str,
+        output_name: str,
+        input_dtype: type,
+        fixed_batch: int | None,
+        n_threads: int | None,
+    ) -> None:
+        self._bytes = model_bytes
+        self._sessions = {"cpu": session}
+        self._session = session
+        self._input = input_name
+        self._output = output_name
+        self._dtype = input_dtype
+        self._fixed_batch = fixed_batch
+        self._n_threads = n_threads
+        self._task = "regression"
+        self._is_probability = False
+        self._width = 1
+
+    def configure(self, task: str, is_probability: bool, width: int) -> None:
+        self._task = task
+        self._is_probability = is_probability
+        self._width = width
+
+    def use_device(self, device: Device) -> str:
+        import onnxruntime
+
+        if device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            if "cuda" not in self._sessions:
+                self._sessions["cuda"] = _onnx_session(
+                    self._bytes, ["CUDAExecutionProvider", "CPUExecutionProvider"], self._n_threads
+                )
+            self._session = self._sessions["cuda"]
+            return "cuda"
+        self._session = self._sessions["cpu"]
+        return "cpu"
+
+    def run(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        X = X.astype(self._dtype, copy=False)
+        if self._fixed_batch is None:
+            out = self._session.run([self._output], {self._input: X})[0]
+            return np.asarray(out, dtype=np.float64).reshape(X.shape[0], -1)
+        # A graph with a static batch size takes exactly that many rows per call.
+        b = self._fixed_batch
+        parts = []
+        for start in range(0, X.shape[0], b):
+            chunk = X[start : start + b]
+            padded = np.zeros((b, X.shape[1]), dtype=self._dtype)
+            padded[: chunk.shape[0]] = chunk
+            out = self._session.run([self._output], {self._input: padded})[0]
+            parts.append(np.asarray(out, dtype=np.float64).reshape(b, -1)[: chunk.shape[0]])
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, self._width))
+
+    def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return self.run(X)
+
+    def probability(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        out = self.run(X)
+        if self._width == 1:
+            return _two_columns(out if self._is_probability else _sigmoid(out))
+        return out if self._is_probability else _softmax(out)
+
+    def label(self, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+        if self._task == "regression":
+            out = self.run(X)
+            return out.reshape(-1) if self._width == 1 else out
+        return np.argmax(self.probability(X), axis=1)
+
+
+# ------------------------------------------------------------------------ TorchScript
+
+
+def _load_torchscript(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError as error:
+        raise UnsupportedModelFormat(
+            "TorchScript models need PyTorch, which is not installed on this server; install "
+            "tabxai with the 'torch' extra (pip install 'tabxai[torch]')."
+        ) from error
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as error:
+        raise InvalidModel(
+            f"The TorchScript file could not be loaded: {_first_line(error)}"
+        ) from error
+    module.eval()
+    predictor = _TorchPredictor(module, n_threads)
+    n_features = _torchscript_width(module)
+    out_width = predictor.run(np.zeros((2, n_features))).shape[1]
+    if task is None and out_width != 1:
+        raise InvalidModel(
+            f"The TorchScript module returns {out_width} columns: pass task= ('regression', "
+            "'binary' or 'multiclass')."
+        )
+    file_task = task or "regression"
+    predictor.configure(file_task, out_width)
+    return {
+        "kind": "neural",
+        "task": file_task,
+        "n_features": n_features,
+        "feature_names": None,
+        "n_outputs": out_width,
+        "n_classes": None if file_task == "regression" else (2 if out_width == 1 else out_width),
+        "details": {
+            "library": "torch",
+            "library_version": torch.__version__,
+            "output": "logits (probabilities by sigmoid/softmax)",
+        },
+        "native": module,
+        "predictor": predictor,
+    }
+
+
+def _torchscript_width(module: Any) -> int:
+    """The input width, from the first Linear layer's in_features."""
+    for sub in module.modules():
+        width = getattr(sub, "in_features", None)
+        if isinstance(width, int):
+            return width
+    raise InvalidModel(
+        "The TorchScript module's input width cannot be found (no Linear layer); tabxai needs "
+        "a module taking a 2-D float tensor [rows, features]."
+    )
+
+
+class _TorchPredictor:
+    def __init__(self, module: Any, n_threads: int | None) -> None:
+        self._module = module
+        self._n_threads = n_threads
+        self._device = "cpu"
+        self._task = "regression"
+        self._width = 1
+
+    def configure(self, task: str, width: int) -> None:
+        self._task = task
+        self._width = width
+
+    def use_device(self, device: Device) -> str:
+        import torch
+
+        target = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        if target != self._device:
+            self._module.to(target)
+            self._device = target
+        return target
+
+    def run(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        import torch
+
+        if self._n_threads is not None:
+            torch.set_num_threads(self._n_threads)
+        with torch.inference_mode():
+            out = self._module(torch.as_tensor(X, dtype=torch.float32, device=self._device))
+        return np.asarray(out.detach().cpu().numpy(), dtype=np.float64).reshape(X.shape[0], -1)
+
+    def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return self.run(X)
+
+    def probability(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        out = self.run(X)
+        return _two_columns(_sigmoid(out)) if self._width == 1 else _softmax(out)
+
+    def label(self, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+        if self._task == "regression":
+            out = self.run(X)
+            return out.reshape(-1) if self._width == 1 else out
+        return np.argmax(self.probability(X), axis=1)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:500]
