@@ -197,7 +197,9 @@ def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> dic
         booster.load_model(bytearray(raw))
         config = json.loads(booster.save_config())
     except (xgboost.core.XGBoostError, ValueError) as error:
-        raise InvalidModel(f"The XGBoost model could not be read: {_first_line(error)}") from error
+        raise InvalidModel(
+            f"The XGBoost model could not be read ({_first_line(error)}). Upload the whole file written by Booster.save_model('model.json') or .ubj."
+        ) from error
     learner = config["learner"]
     objective = learner["objective"]["name"]
     model_param = learner["learner_model_param"]
@@ -317,7 +319,9 @@ def _load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> di
     try:
         booster = lightgbm.Booster(model_str=text)
     except lightgbm.basic.LightGBMError as error:
-        raise InvalidModel(f"The LightGBM model could not be read: {_first_line(error)}") from error
+        raise InvalidModel(
+            f"The LightGBM model could not be read ({_first_line(error)}). Upload the whole file written by Booster.save_model('model.txt')."
+        ) from error
     objective = header.get("objective", "regression").split(" ")[0]
     n_outputs = int(header.get("num_tree_per_iteration", "1"))
     if objective == "binary":
@@ -463,7 +467,9 @@ def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> dict[
     try:
         untrusted = skops.io.get_untrusted_types(file=path)
     except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError, OSError) as error:
-        raise InvalidModel(f"The skops file could not be read: {_first_line(error)}") from error
+        raise InvalidModel(
+            f"The skops file could not be read ({_first_line(error)}). Upload the whole file written by skops.io.dump."
+        ) from error
     refused = [name for name in untrusted if not _skops_type_allowed(name)]
     if refused:
         raise UntrustedType(
@@ -475,7 +481,9 @@ def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> dict[
     try:
         estimator = skops.io.load(path, trusted=list(untrusted))
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, OSError) as error:
-        raise InvalidModel(f"The skops file could not be loaded: {_first_line(error)}") from error
+        raise InvalidModel(
+            f"The skops file could not be loaded ({_first_line(error)}). Save the model again with skops.io.dump using the same scikit-learn version."
+        ) from error
     return _sklearn_parts(estimator)
 
 
@@ -510,7 +518,7 @@ def _load_pickled(path: Path, *, task: str | None, n_threads: int | None) -> dic
         OSError,
     ) as error:
         raise InvalidModel(
-            f"The pickled model could not be loaded: {_first_line(error)}"
+            f"The pickled model could not be loaded ({_first_line(error)}). Save it with skops.io.dump instead."
         ) from error
     if not type(estimator).__module__.startswith("sklearn."):
         raise InvalidModel(
@@ -661,7 +669,9 @@ def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[s
     try:
         proto = onnx.load_model_from_string(model_bytes)
     except (DecodeError, ValueError, RuntimeError) as error:
-        raise InvalidModel(f"The ONNX file could not be parsed: {_first_line(error)}") from error
+        raise InvalidModel(
+            f"The ONNX file could not be parsed ({_first_line(error)}). Upload the whole .onnx file your converter wrote."
+        ) from error
     session = _onnx_session(model_bytes, ["CPUExecutionProvider"], n_threads)
     inputs = session.get_inputs()
     if len(inputs) != 1:
@@ -794,7 +804,7 @@ def _onnx_session(model_bytes: bytes, providers: list[str], n_threads: int | Non
         ort_state.RuntimeException,
     ) as error:
         raise InvalidModel(
-            f"onnxruntime cannot run the ONNX graph: {_first_line(error)}"
+            f"onnxruntime cannot run the ONNX graph ({_first_line(error)}). Convert the model again with a supported opset."
         ) from error
 
 
@@ -905,7 +915,7 @@ def _load_torchscript(path: Path, *, task: str | None, n_threads: int | None) ->
         module = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as error:
         raise InvalidModel(
-            f"The TorchScript file could not be loaded: {_first_line(error)}"
+            f"The TorchScript file could not be loaded ({_first_line(error)}). Save it with torch.jit.save."
         ) from error
     module.eval()
     predictor = _TorchPredictor(module, n_threads)
@@ -991,6 +1001,11 @@ class _TorchPredictor:
         return np.argmax(self.probability(X), axis=1)
 
 
+_LIBRARY_LOG_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\]\s+\S+:\d+:\s*")
+
+
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:500]
+    """The library's message, without its log prefix (time, source path), for a person."""
+    lines = str(error).strip().splitlines()
+    text = _LIBRARY_LOG_PREFIX.sub("", lines[0]) if lines else type(error).__name__
+    return text.rstrip(". ")[:500]

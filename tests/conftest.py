@@ -23,6 +23,9 @@ from service.db import Base, Database, create_db_engine
 from service.migrate import upgrade
 from service.schema import import_all_tables
 
+# Real model files of every format, trained small and seeded (fixture saved_models).
+pytest_plugins = ["tests.model_files"]
+
 PG_URL = os.environ.get("TABXAI_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 

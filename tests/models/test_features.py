@@ -12,7 +12,7 @@ from models.errors import FeatureMismatch, TargetMismatch
 from models.features import build_matrix, check_compatible, target_vector
 from models.inspection import ModelInfo
 from models.loading import load_model
-from tests.models.conftest import SavedModel
+from tests.model_files import SavedModel
 
 
 def _info(feature_names: list[str] | None, n_features: int = 3, **kwargs: object) -> ModelInfo:

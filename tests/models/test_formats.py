@@ -11,7 +11,7 @@ from sklearn.linear_model import LinearRegression
 
 from models.errors import UnsupportedModelFormat
 from models.formats import FORMATS, detect_format
-from tests.models.conftest import SavedModel
+from tests.model_files import SavedModel
 
 EXPECTED = {
     "xgboost_regression_json": "xgboost",

@@ -30,7 +30,7 @@ from models.errors import (
 from models.loaded import LoadedModel
 from models.loading import load_model
 from models.readers import NotATreeModel
-from tests.models.conftest import FEATURE_NAMES, SavedModel
+from tests.model_files import FEATURE_NAMES, SavedModel
 
 FORMAT_OF = {"xgboost": "xgboost", "lightgbm": "lightgbm", "sklearn": "sklearn", "onnx": "onnx"}
 

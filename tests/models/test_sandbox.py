@@ -19,7 +19,7 @@ from sklearn.linear_model import LinearRegression
 from models.errors import FeatureMismatch, InvalidModel, ModelInspectionFailed, UntrustedFormat
 from models.inspection import ModelInfo, inspect_model
 from models.sandbox import run_isolated
-from tests.models.conftest import SavedModel
+from tests.model_files import SavedModel
 
 LIMITS = {"memory_limit_bytes": 256 << 20, "time_limit_s": 30.0}
 

@@ -3,7 +3,7 @@
 ``saved_models`` maps a name ("xgboost_binary_json", "lightgbm_categorical", ...) to a
 :class:`SavedModel`: the file, the trained library object and a test matrix (float64,
 model column order, categorical codes) on which to compare predictions. Other test
-packages may import these fixtures (``from tests.models.conftest import ...``).
+packages may import these fixtures (``from tests.model_files import ...``).
 """
 
 from __future__ import annotations
