@@ -1,0 +1,620 @@
+"""Permutation importance with scikit-learn's numbers, computed from predictions.
+
+The score of a model drops when one feature's values are shuffled across rows; the drop
+is that feature's importance (Breiman 2001). This module reproduces
+``sklearn.inspection.permutation_importance`` exactly — the same permutations for the same
+``random_state``, the same row subsample, the same scorer arithmetic — on any
+:class:`Predictor`, without wrapping it as a scikit-learn estimator:
+
+- ``random_state`` seeds a ``RandomState`` that draws ONE seed; every feature starts a
+  fresh ``RandomState(seed)``, draws its row subsample (when ``max_samples`` is below the
+  number of rows) and then shuffles one index array in place per repeat, permuting the
+  already-permuted column again. So every feature sees the same permutations, which this
+  module computes once.
+- a scorer name is resolved with ``sklearn.metrics.get_scorer``; its score function,
+  sign, keyword arguments and response method are applied to our predictions the way
+  ``sklearn.utils._response._get_response_values`` applies them to an estimator's.
+
+Groups of features (which scikit-learn does not have) get one row permutation applied
+to all their columns together.
+
+Speed: features run in threads (predict calls release the GIL); each thread owns one
+working copy of the rows and restores a column after its repeats. For XGBoost-exportable
+regression tree ensembles, a feature that only some trees split on is re-scored by
+re-evaluating those trees alone and re-adding every tree's output in the library's own
+float32 order, which is checked bit for bit against the model's predictions first and
+abandoned for the plain path when it does not match. Other libraries (LightGBM, forests)
+and XGBoost classifiers (whose float32 sigmoid numpy does not reproduce bit for bit) take
+the plain path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.metrics import get_scorer, get_scorer_names
+from sklearn.utils.random import sample_without_replacement
+
+from explainers.progress import ProgressCallback, no_progress
+
+__all__ = [
+    "Predictor",
+    "PermutationParams",
+    "PermutationResult",
+    "PermutationParamsError",
+    "UnknownScorer",
+    "ScorerNotApplicable",
+    "UnknownFeature",
+    "validate_permutation_params",
+    "permutation_importance",
+]
+
+logger = logging.getLogger(__name__)
+
+Task = Literal["regression", "binary", "multiclass"]
+Output = Literal["raw", "probability", "label"]
+
+
+class Predictor(Protocol):
+    """What permutation importance needs from a model (``models.loaded.LoadedModel`` fits).
+
+    task: "regression", "binary" or "multiclass".
+    classes: the class labels in output order for classifiers (``predict(output="label")``
+        returns indices into it), None for regression.
+    predict(X float64 [n, F], output=...): "label" — float predictions [n] for regression,
+        int class indices [n] for classifiers; "probability" — [n, K]; "raw" — margins
+        [n, n_outputs].
+
+    Optional attributes, read with ``getattr``:
+    response_methods: the scikit-learn response methods the original estimator has
+        ({"predict", "predict_proba", "decision_function"}); it decides which one a
+        scorer such as ``roc_auc`` uses, as in scikit-learn. Default: {"predict"} for
+        regressors, {"predict", "predict_proba"} for classifiers. "decision_function" maps
+        to ``output="raw"``.
+    kind, format, native, tree_ensemble(): for an XGBoost model (format "xgboost", native
+        ``xgboost.Booster``) the trees each feature touches, for tree skipping.
+    """
+
+    task: str
+    classes: Any
+
+    def predict(self, X: npt.NDArray[np.float64], *, output: Output = "label",
+                device: str = "cpu", batch_rows: int | None = None) -> np.ndarray: ...
+
+
+class PermutationParamsError(ValueError):
+    """The permutation importance parameters cannot be used."""
+
+
+class UnknownScorer(PermutationParamsError):
+    """The scoring name is not a scikit-learn scorer."""
+
+
+class ScorerNotApplicable(PermutationParamsError):
+    """The scorer does not apply to this model (task or available outputs)."""
+
+
+class UnknownFeature(PermutationParamsError):
+    """A requested feature is not one of the model's features."""
+
+
+@dataclass(frozen=True)
+class PermutationParams:
+    """Checked parameters.
+
+    scoring: the scorer name (the task's default filled in).
+    response_method: the scikit-learn response method the scorer will use.
+    groups: column indices permuted together, one tuple per importance row.
+    names: display name of each group ("a" or "a+b").
+    """
+
+    scoring: str
+    response_method: str
+    groups: tuple[tuple[int, ...], ...]
+    names: tuple[str, ...]
+    group_features: tuple[tuple[str, ...], ...]
+    n_repeats: int
+    random_state: int
+    max_samples: float | int
+
+
+def validate_permutation_params(
+    *,
+    task: str,
+    feature_names: Sequence[str],
+    scoring: str | None = None,
+    n_repeats: int = 5,
+    random_state: int = 0,
+    max_samples: float | int = 1.0,
+    features: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    classes: Sequence[Any] | None = None,
+    response_methods: frozenset[str] | None = None,
+    n_rows: int | None = None,
+) -> PermutationParams:
+    """Check every parameter before any work; needs no data (``n_rows`` is optional).
+
+    Raises a :class:`PermutationParamsError` subclass with a sentence a person can act on.
+    """
+    if task not in ("regression", "binary", "multiclass"):
+        raise PermutationParamsError(
+            f"task must be 'regression', 'binary' or 'multiclass', got {task!r}.")
+    if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)) \
+            or n_repeats < 1:
+        raise PermutationParamsError(f"n_repeats must be an integer >= 1, got {n_repeats!r}.")
+    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) \
+            or not 0 <= random_state < 2**32:
+        raise PermutationParamsError(
+            f"random_state must be an integer in [0, 2**32), got {random_state!r}.")
+    _check_max_samples(max_samples, n_rows)
+
+    scoring = scoring if scoring is not None else (
+        "r2" if task == "regression" else "accuracy")
+    if not isinstance(scoring, str) or scoring not in get_scorer_names():
+        examples = ", ".join(repr(s) for s in (
+            "r2", "neg_mean_squared_error", "neg_mean_absolute_error", "accuracy",
+            "balanced_accuracy", "roc_auc", "neg_log_loss", "f1"))
+        raise UnknownScorer(
+            f"scoring {scoring!r} is not a scikit-learn scorer; use one of "
+            f"sklearn.metrics.get_scorer_names(), for example {examples}.")
+    response_method = _choose_response_method(scoring, task, response_methods)
+    if task == "binary" and classes is not None:
+        _positive_label(get_scorer(scoring), np.asarray(classes))
+
+    names = list(feature_names)
+    index = {name: i for i, name in enumerate(names)}
+    if len(index) != len(names):
+        raise PermutationParamsError("feature_names must be unique.")
+    requested: list[tuple[str, ...]]
+    if features is None:
+        requested = [(name,) for name in names]
+    else:
+        if isinstance(features, str) or len(features) == 0:
+            raise PermutationParamsError(
+                "features must be a non-empty list of feature names or of lists of names.")
+        requested = [(f,) if isinstance(f, str) else tuple(f) for f in features]
+    for group in requested:
+        if len(group) == 0:
+            raise PermutationParamsError("a feature group must name at least one feature.")
+        for name in group:
+            if not isinstance(name, str) or name not in index:
+                known = ", ".join(repr(n) for n in names[:5])
+                raise UnknownFeature(
+                    f"feature {name!r} is not a feature of the model; its features are "
+                    f"{known}{', …' if len(names) > 5 else ''}.")
+        if len(set(group)) != len(group):
+            raise PermutationParamsError(f"feature group {list(group)} repeats a feature.")
+    return PermutationParams(
+        scoring=scoring,
+        response_method=response_method,
+        groups=tuple(tuple(index[n] for n in g) for g in requested),
+        names=tuple("+".join(g) for g in requested),
+        group_features=tuple(requested),
+        n_repeats=int(n_repeats),
+        random_state=int(random_state),
+        max_samples=max_samples,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class PermutationResult:
+    """Permutation importances.
+
+    importances: float64 [n_groups, n_repeats], baseline score minus the score with the
+        group permuted, rows in the order the features (or groups) were requested.
+    names / group_features: per row, the display name and the features permuted.
+    baseline_score: the score on all rows, unpermuted (scikit-learn's baseline).
+    """
+
+    scoring: str
+    baseline_score: float
+    importances: npt.NDArray[np.float64]
+    names: tuple[str, ...]
+    group_features: tuple[tuple[str, ...], ...]
+    n_repeats: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def importances_mean(self) -> npt.NDArray[np.float64]:
+        return self.importances.mean(axis=1)
+
+    @property
+    def importances_std(self) -> npt.NDArray[np.float64]:
+        return self.importances.std(axis=1)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able summary; importances sorted by mean, largest first (NaN → None).
+
+        Each entry's ``index`` is its row in ``arrays()["importances"]``.
+        """
+        means, stds = self.importances_mean, self.importances_std
+        order = sorted(range(len(self.names)),
+                       key=lambda i: (-means[i] if np.isfinite(means[i]) else np.inf, i))
+        entries = []
+        for i in order:
+            entry: dict[str, Any] = {
+                "feature": self.names[i], "index": i, "mean": _json_float(means[i]),
+                "std": _json_float(stds[i]),
+                "values": [_json_float(v) for v in self.importances[i]]}
+            if len(self.group_features[i]) > 1:
+                entry["features"] = list(self.group_features[i])
+            entries.append(entry)
+        return {"scoring": self.scoring, "baseline_score": _json_float(self.baseline_score),
+                "n_repeats": self.n_repeats, "importances": entries,
+                "provenance": dict(self.provenance)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``importances``: float64 [n_groups, n_repeats] in request order."""
+        return {"importances": self.importances}
+
+
+def permutation_importance(
+    model: Predictor,
+    X: npt.NDArray[np.float64],
+    y: npt.ArrayLike,
+    *,
+    scoring: str | None = None,
+    n_repeats: int = 5,
+    random_state: int = 0,
+    max_samples: float | int = 1.0,
+    feature_names: Sequence[str],
+    features: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    n_jobs: int = -1,
+    device: str = "cpu",
+    progress: ProgressCallback = no_progress,
+) -> PermutationResult:
+    """Permutation importance of each feature (or group) of ``model`` on ``X``, ``y``.
+
+    X: float64 [n_rows, n_features], columns in the model's feature order.
+    y: [n_rows] true targets: numbers for regression; for classifiers the true class
+        LABELS, values of ``model.classes`` (as scikit-learn's ``y``), not class indices.
+    scoring: a scikit-learn scorer name; default "r2" for regression, "accuracy" else.
+    n_repeats: permutations per feature (>= 1). random_state: seed as in scikit-learn.
+    max_samples: rows per feature's repeats, a fraction in (0, 1] or a count <= n_rows;
+        the baseline score always uses every row (as scikit-learn does).
+    features: names, or lists of names permuted together; default every feature.
+    n_jobs: threads over features; -1 means every core.
+    device: passed to ``model.predict``.
+    progress: called after each feature with the fraction done; may raise Cancelled.
+
+    Equal to ``sklearn.inspection.permutation_importance(estimator, X, y, scoring=...,
+    n_repeats=..., random_state=..., max_samples=...)`` on the matching estimator.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != len(feature_names):
+        raise PermutationParamsError(
+            f"X must be 2-D with {len(feature_names)} columns (one per feature name), "
+            f"got shape {X.shape}.")
+    y = np.asarray(y)
+    if y.shape[0] != X.shape[0]:
+        raise PermutationParamsError(
+            f"y has {y.shape[0]} rows but X has {X.shape[0]}; they must match.")
+    params = validate_permutation_params(
+        task=model.task, feature_names=feature_names, scoring=scoring, n_repeats=n_repeats,
+        random_state=random_state, max_samples=max_samples, features=features,
+        classes=getattr(model, "classes", None),
+        response_methods=getattr(model, "response_methods", None), n_rows=X.shape[0])
+    workers = _n_workers(n_jobs, len(params.groups))
+    started = time.perf_counter()
+    scorer = _PredictionScorer(model, params, device)
+
+    baseline_score = scorer.score_predictions(scorer.predict(X), y)
+    rows, permutations = _permutations(X.shape[0], params)
+    X_rows = X if rows is None else X[rows]
+    y_rows = y if rows is None else y[rows]
+    engine = _TreeSubset.build(model, X_rows, params, scorer, device)
+    path = "tree_subset" if engine is not None else "plain"
+
+    scores = np.empty((len(params.groups), params.n_repeats), dtype=np.float64)
+    stop = threading.Event()
+    local = threading.local()
+
+    def run(g: int) -> None:
+        if not hasattr(local, "work"):
+            local.work = X_rows.copy()  # one working copy per thread, restored per group
+        work: np.ndarray = local.work
+        cols = list(params.groups[g])
+        original = work[:, cols].copy()
+        try:
+            for r, perm in enumerate(permutations):
+                if stop.is_set():
+                    return
+                work[:, cols] = original[perm]
+                preds = (engine.predict(work, cols) if engine is not None
+                         else scorer.predict(work))
+                scores[g, r] = scorer.score_predictions(preds, y_rows)
+        finally:
+            work[:, cols] = original
+
+    _run_groups(run, len(params.groups), workers, stop, progress)
+    importances = baseline_score - scores
+    provenance = {
+        "library_versions": _versions(), "device": device, "n_rows": int(X.shape[0]),
+        "n_rows_permuted": int(X_rows.shape[0]), "random_state": params.random_state,
+        "max_samples": params.max_samples, "response_method": params.response_method,
+        "path": path, "n_jobs": workers,
+        "seconds": round(time.perf_counter() - started, 3)}
+    logger.info("permutation importance done", extra={
+        "event": "permutation_importance", "path": path, "n_groups": len(params.groups),
+        "seconds": provenance["seconds"]})
+    return PermutationResult(
+        scoring=params.scoring, baseline_score=float(baseline_score),
+        importances=importances, names=params.names,
+        group_features=params.group_features, n_repeats=params.n_repeats,
+        provenance=provenance)
+
+
+def _run_groups(run: Callable[[int], None], n_groups: int, workers: int,
+                stop: threading.Event, progress: ProgressCallback) -> None:
+    """Run ``run(g)`` for every group, reporting progress; stop all on Cancelled."""
+    progress(0.0, "permuting")
+    if workers == 1:
+        for g in range(n_groups):
+            run(g)
+            progress((g + 1) / n_groups, "permuting")
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: set[Future[None]] = {pool.submit(run, g) for g in range(n_groups)}
+        done_count = 0
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+                done_count += len(done)
+                progress(done_count / n_groups, "permuting")
+        except BaseException:
+            stop.set()
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _permutations(n_rows: int, params: PermutationParams
+                  ) -> tuple[npt.NDArray[np.intp] | None, list[npt.NDArray[np.intp]]]:
+    """The row subsample (None for all rows) and the row order of each repeat.
+
+    scikit-learn permutes the already permuted column again with an index array shuffled
+    in place, so repeat r uses the composition of the first r shuffles.
+    """
+    seed = np.random.RandomState(params.random_state).randint(np.iinfo(np.int32).max + 1)
+    rng = np.random.RandomState(seed)
+    n_used = _n_samples(params.max_samples, n_rows)
+    rows = None
+    if n_used < n_rows:
+        rows = sample_without_replacement(n_rows, n_used, random_state=rng)
+    shuffling = np.arange(n_used)
+    order = np.arange(n_used)
+    permutations = []
+    for _ in range(params.n_repeats):
+        rng.shuffle(shuffling)
+        order = order[shuffling]
+        permutations.append(order)
+    return rows, permutations
+
+
+class _PredictionScorer:
+    """A scikit-learn scorer evaluated on a Predictor's outputs instead of an estimator."""
+
+    def __init__(self, model: Predictor, params: PermutationParams, device: str) -> None:
+        self.model = model
+        self.device = device
+        self.scorer = get_scorer(params.scoring)
+        self.method = params.response_method
+        self.classes = None if model.task == "regression" else np.asarray(model.classes)
+        self.pos_index: int | None = None
+        if model.task == "binary":
+            assert self.classes is not None
+            pos_label = _positive_label(self.scorer, self.classes)
+            self.pos_index = int(np.flatnonzero(self.classes == pos_label)[0])
+        self.output: Output = {"predict": "label", "predict_proba": "probability",
+                               "decision_function": "raw"}[self.method]  # type: ignore[assignment]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model.predict(X, output=self.output, device=self.device)
+
+    def response(self, raw: np.ndarray) -> np.ndarray:
+        """What the estimator's response method would have returned, from ``predict``."""
+        raw = np.asarray(raw)
+        if self.method == "predict":
+            if self.classes is None:
+                return raw.reshape(-1) if raw.ndim == 2 and raw.shape[1] == 1 else raw
+            return self.classes[np.asarray(raw).reshape(-1).astype(np.intp)]
+        if self.method == "predict_proba":
+            return raw[:, self.pos_index] if self.pos_index is not None else raw
+        if self.pos_index is not None:  # binary decision_function: 1-D, sign for classes[1]
+            margin = raw.reshape(-1) if raw.ndim == 1 or raw.shape[1] == 1 else raw[:, -1]
+            return -margin if self.pos_index == 0 else margin
+        return raw
+
+    def score_predictions(self, predictions: np.ndarray, y: np.ndarray) -> float:
+        s = self.scorer
+        return float(s._sign * s._score_func(y, self.response(predictions), **s._kwargs))
+
+
+class _TreeSubset:
+    """Re-scores a permuted feature by re-evaluating only the trees that split on it.
+
+    XGBoost adds each iteration's leaf values to a float32 accumulator in tree order,
+    starting from the base score. We keep every iteration's float32 output on the
+    unpermuted rows and the running float32 sums, re-evaluate the touched iterations with
+    ``iteration_range`` on an exported Booster, and re-add in the same order — the same
+    float32 operations as the library, so the same bits. XGBoost regression with identity
+    link and one tree per iteration only (the model's own Booster: an export of another
+    library's trees holds them all in one iteration); anything else, or a failed bitwise
+    check on the unpermuted rows, uses the plain path.
+    """
+
+    def __init__(self, booster: Any, per_iteration: list[frozenset[int]],
+                 values: np.ndarray, prefix: np.ndarray, scorer: _PredictionScorer,
+                 max_touched: int) -> None:
+        self.booster = booster
+        self.per_iteration = per_iteration
+        self.values = values  # float32 [n_iter, n_rows], iteration 0 includes the base
+        self.prefix = prefix  # float32 [n_iter, n_rows], sum of iterations before t
+        self.scorer = scorer
+        self.zero_margin = np.zeros(values.shape[1], dtype=np.float32)
+        self.max_touched = max_touched
+
+    @classmethod
+    def build(cls, model: Predictor, X: np.ndarray, params: PermutationParams,
+              scorer: _PredictionScorer, device: str) -> _TreeSubset | None:
+        if model.task != "regression" or getattr(model, "kind", None) != "tree" \
+                or params.response_method != "predict" or device != "cpu":
+            return None
+        native = getattr(model, "native", None)
+        if getattr(model, "format", None) != "xgboost" \
+                or not type(native).__module__.startswith("xgboost"):
+            return None
+        from models.readers import NotATreeModel
+
+        try:
+            ensemble = model.tree_ensemble()  # type: ignore[attr-defined]
+        except NotATreeModel:
+            return None
+        if ensemble.n_outputs != 1 or ensemble.link != "identity":
+            return None
+        booster = native
+        if booster.num_boosted_rounds() != ensemble.n_trees:
+            return None
+        per_iteration = [frozenset(int(f) for f in t.feature[t.feature >= 0])
+                         for t in ensemble.trees]
+        zero = np.zeros(X.shape[0], dtype=np.float32)
+        values = np.empty((len(per_iteration), X.shape[0]), dtype=np.float32)
+        prefix = np.empty_like(values)
+        acc = np.zeros(X.shape[0], dtype=np.float32)
+        started = time.perf_counter()
+        for t in range(len(per_iteration)):
+            values[t] = booster.inplace_predict(
+                X, iteration_range=(t, t + 1), predict_type="margin",
+                base_margin=None if t == 0 else zero)
+            prefix[t] = acc
+            acc += values[t]
+        per_tree = (time.perf_counter() - started) / len(per_iteration)
+        started = time.perf_counter()
+        expected = np.asarray(scorer.predict(X), dtype=np.float64).reshape(-1)
+        full = time.perf_counter() - started
+        if not np.array_equal(acc.astype(np.float64), expected, equal_nan=True):
+            logger.info("tree subset path disabled: it does not reproduce the model's "
+                        "predictions bit for bit", extra={"event": "permutation_tree_path"})
+            return None
+        # Re-evaluate a group's trees one by one only while that is measured to be
+        # cheaper than one full predict (each call has a fixed cost).
+        max_touched = int(full / per_tree)
+        if all(sum(1 for used in per_iteration if used.intersection(group)) > max_touched
+               for group in params.groups):
+            return None
+        return cls(booster, per_iteration, values, prefix, scorer, max_touched)
+
+    def predict(self, X: np.ndarray, cols: Sequence[int]) -> np.ndarray:
+        touched = [t for t, used in enumerate(self.per_iteration)
+                   if any(c in used for c in cols)]
+        if len(touched) > self.max_touched:
+            return self.scorer.predict(X)
+        if not touched:
+            return (self.prefix[-1] + self.values[-1]).astype(np.float64)
+        new = {t: self.booster.inplace_predict(
+            X, iteration_range=(t, t + 1), predict_type="margin",
+            base_margin=None if t == 0 else self.zero_margin) for t in touched}
+        acc = self.prefix[touched[0]].copy()
+        for t in range(touched[0], len(self.per_iteration)):
+            acc += new[t] if t in new else self.values[t]
+        return acc.astype(np.float64)
+
+
+def _choose_response_method(scoring: str, task: str,
+                            response_methods: frozenset[str] | None) -> str:
+    """The response method scikit-learn would call for this scorer on this model."""
+    scorer = get_scorer(scoring)
+    available = response_methods if response_methods is not None else (
+        frozenset({"predict"}) if task == "regression"
+        else frozenset({"predict", "predict_proba"}))
+    is_regression_metric = scorer._score_func.__module__ == "sklearn.metrics._regression"
+    if task == "regression" and not is_regression_metric:
+        raise ScorerNotApplicable(
+            f"scoring {scoring!r} is for classifiers but the model is a regressor; use a "
+            f"regression scorer such as 'r2' or 'neg_mean_squared_error'.")
+    if task != "regression" and is_regression_metric:
+        raise ScorerNotApplicable(
+            f"scoring {scoring!r} is for regressors but the model is a {task} classifier; "
+            f"use a classification scorer such as 'accuracy' or 'neg_log_loss'.")
+    wanted = scorer._response_method
+    candidates = [wanted] if isinstance(wanted, str) else list(wanted)
+    for method in candidates:
+        if method in available:
+            return method
+    raise ScorerNotApplicable(
+        f"scoring {scoring!r} needs {' or '.join(candidates)} but the model only "
+        f"provides {', '.join(sorted(available))}; choose a scorer on predicted labels "
+        f"such as 'accuracy'.")
+
+
+def _positive_label(scorer: Any, classes: np.ndarray) -> Any:
+    """scikit-learn's positive class for a binary scorer (its ``pos_label`` or classes[-1])."""
+    pos_label = scorer._get_pos_label()
+    if pos_label is None:
+        return classes[-1]
+    if pos_label not in classes.tolist():
+        raise ScorerNotApplicable(
+            f"the scorer's positive label {pos_label!r} is not one of the model's classes "
+            f"{classes.tolist()}; use a scorer that does not need a positive label, such "
+            f"as 'accuracy' or 'roc_auc'.")
+    return pos_label
+
+
+def _check_max_samples(max_samples: float | int, n_rows: int | None) -> None:
+    if isinstance(max_samples, bool):
+        raise PermutationParamsError("max_samples must be a number, not a boolean.")
+    if isinstance(max_samples, (int, np.integer)):
+        if max_samples < 1:
+            raise PermutationParamsError(f"max_samples must be >= 1, got {max_samples}.")
+        if n_rows is not None and max_samples > n_rows:
+            raise PermutationParamsError(
+                f"max_samples={max_samples} is more than the {n_rows} rows available.")
+    elif isinstance(max_samples, (float, np.floating)):
+        if not 0.0 < max_samples <= 1.0:
+            raise PermutationParamsError(
+                f"a fractional max_samples must be in (0, 1], got {max_samples}.")
+        if n_rows is not None and int(max_samples * n_rows) < 1:
+            raise PermutationParamsError(
+                f"max_samples={max_samples} of {n_rows} rows selects no row.")
+    else:
+        raise PermutationParamsError(
+            f"max_samples must be an integer count or a fraction, got {max_samples!r}.")
+
+
+def _n_samples(max_samples: float | int, n_rows: int) -> int:
+    if isinstance(max_samples, (int, np.integer)):
+        return int(max_samples)
+    return int(max_samples * n_rows)
+
+
+def _n_workers(n_jobs: int, n_groups: int) -> int:
+    if n_jobs == 0 or n_jobs < -1:
+        raise PermutationParamsError(f"n_jobs must be -1 or a positive integer, got {n_jobs}.")
+    cores = os.cpu_count() or 1
+    return max(1, min(cores if n_jobs == -1 else n_jobs, n_groups))
+
+
+def _json_float(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in ("numpy", "scikit-learn", "xgboost", "lightgbm", "onnxruntime"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
