@@ -12,8 +12,10 @@ from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings
 from service.db import Database
 from service.errors import install_error_handlers
+from service.jobs import endpoints as jobs_endpoints
 from service.metrics import install_metrics
 from service.migrate import upgrade
+from service.results import endpoints as results_endpoints
 
 DESCRIPTION = """Explain tabular machine-learning models: upload a table and a trained
 model, then ask for exact TreeSHAP, permutation importance, Feature Vectors or
@@ -40,4 +42,6 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     install_metrics(app)
     app.include_router(health.router)
     app.include_router(catalog_endpoints.router)
+    app.include_router(jobs_endpoints.router)
+    app.include_router(results_endpoints.router)
     return app

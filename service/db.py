@@ -1,9 +1,11 @@
 """The database: engine, the one session scope that commits or rolls back, the ORM base.
 
 SQLite (the embedded default) and PostgreSQL behave the same from the callers' side.
-On SQLite, transactions are opened explicitly so that a writer can ask for
-``BEGIN IMMEDIATE`` (the job claim) with ``session.connection(
-execution_options={"sqlite_immediate": True})`` as its first statement.
+On SQLite, transactions are opened explicitly: ``Database.session()`` begins with
+``BEGIN IMMEDIATE``, so a transaction that reads and then writes waits for the write
+lock up front (busy_timeout) instead of failing with "database is locked" when another
+connection wrote in between, which is what a deferred transaction does in WAL mode.
+``session(readonly=True)`` begins a plain deferred transaction for pure readers.
 """
 
 from __future__ import annotations
@@ -89,16 +91,22 @@ class Database:
 
     def __init__(self, url: str | URL, **engine_kwargs: Any) -> None:
         self.engine = create_db_engine(url, **engine_kwargs)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        writer = (self.engine.execution_options(sqlite_immediate=True)
+                  if self.engine.dialect.name == "sqlite" else self.engine)
+        self._sessions = sessionmaker(writer, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose transaction commits when the block succeeds, else rolls back."""
-        with self._sessions() as session:
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        """A session whose transaction commits when the block succeeds, else rolls back.
+
+        readonly: for transactions that never write (on SQLite they then take no lock).
+        """
+        with (self._read_sessions if readonly else self._sessions)() as session:
             try:
                 yield session
                 session.commit()

@@ -27,9 +27,16 @@ def get_session(db: Annotated[Database, Depends(get_database)]) -> Iterator[Sess
         yield session
 
 
+def get_read_session(db: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
+    """A read-only transaction (on SQLite it takes no lock, so nothing waits on it)."""
+    with db.session(readonly=True) as session:
+        yield session
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 
 
 def get_workspace(request: Request, db: DatabaseDep, settings: SettingsDep

@@ -10,6 +10,8 @@ import importlib
 TABLE_MODULES = (
     "service.tables",
     "service.catalog.tables",
+    "service.jobs.tables",
+    "service.results.tables",
 )
 
 

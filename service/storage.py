@@ -77,7 +77,7 @@ class BlobReader(io.RawIOBase):
 
     def __init__(self, db: Database, blob_id: str) -> None:
         super().__init__()
-        with db.session() as session:
+        with db.session(readonly=True) as session:
             blob = session.get(Blob, blob_id)
             if blob is None:
                 raise NotFound(f"Blob {blob_id} does not exist.")
@@ -117,14 +117,14 @@ class BlobReader(io.RawIOBase):
 
     def _load_chunk_at(self, pos: int) -> None:
         seq = min(pos // self.chunk_bytes, self.n_chunks - 1)
-        with self._db.session() as session:
+        with self._db.session(readonly=True) as session:
             self._chunk = read_chunk(session, self._blob_id, seq)
         self._chunk_start = seq * self.chunk_bytes
 
     def iter_chunks(self) -> Iterator[bytes]:
         """Yield the blob's chunks in order (for streamed downloads)."""
         for seq in range(self.n_chunks):
-            with self._db.session() as session:
+            with self._db.session(readonly=True) as session:
                 yield read_chunk(session, self._blob_id, seq)
 
 

@@ -1,0 +1,115 @@
+"""HTTP endpoints of jobs (API.md: Jobs)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.catalog.schemas import Page
+from service.db import Database
+from service.deps import DatabaseDep, ReadSessionDep, SettingsDep, WorkspaceDep
+from service.errors import NotFound
+from service.jobs import service
+from service.jobs.schemas import EstimateOut, JobCreate, JobOut
+from service.jobs.tables import FINAL_STATUSES, JobRecord
+from service.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+EVENT_POLL_SECONDS = 0.25
+KEEP_ALIVE_SECONDS = 15.0
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@router.post("/jobs", status_code=202, response_model=JobOut,
+             responses={200: {"model": EstimateOut,
+                              "description": "dry_run=true: the estimate; nothing queued"}},
+             summary="Queue an explanation job")
+def create_job(
+    body: JobCreate, response: Response, db: DatabaseDep, settings: SettingsDep,
+    workspace: WorkspaceDep,
+    dry_run: Annotated[bool, Query(description="Check and estimate only.")] = False,
+    idempotency_key: Annotated[str | None, Header(
+        max_length=255, description="Replays the first job for the same key and body "
+        "within 24 h; the same key with another body is 409.")] = None,
+) -> JobOut | JSONResponse:
+    with db.session() as session:
+        checked = service.check_job(session, settings, workspace.id, body)
+    if dry_run:
+        return JSONResponse(EstimateOut(estimate=checked.estimate).model_dump(mode="json"))
+    job, replayed = service.enqueue_job(db, settings, workspace.id, checked,
+                                        idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return service.job_out(job)
+
+
+@router.get("/jobs", response_model=Page[JobOut])
+def list_jobs(session: ReadSessionDep, workspace: WorkspaceDep, status: Status | None = None,
+              kind: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+              cursor: str | None = None) -> Page[JobOut]:
+    jobs, next_cursor = service.list_jobs(session, workspace.id, status=status, kind=kind,
+                                          limit=limit, cursor=cursor)
+    return Page[JobOut](items=[service.job_out(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: ReadSessionDep, workspace: WorkspaceDep) -> JobOut:
+    return service.job_out(service.get_job(session, workspace.id, job_id))
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "An event `job` with the Job JSON at every "
+                                            "change; the stream ends when the job ends."}})
+async def job_events(job_id: str, request: Request, db: DatabaseDep, workspace: WorkspaceDep
+                     ) -> StreamingResponse:
+    """Server-sent events of the job as it changes, ending when it ends."""
+    await run_in_threadpool(_job_json, db, workspace.id, job_id)  # 404 before streaming
+
+    async def stream() -> AsyncIterator[str]:
+        last: str | None = None
+        last_sent = time.monotonic()
+        while not await request.is_disconnected():
+            try:
+                current = await run_in_threadpool(_job_json, db, workspace.id, job_id)
+            except NotFound:  # deleted while watched
+                return
+            if current != last:
+                yield f"event: job\ndata: {current}\n\n"
+                last, last_sent = current, time.monotonic()
+                if JobOut.model_validate_json(current).status in FINAL_STATUSES:
+                    return
+            elif time.monotonic() - last_sent >= KEEP_ALIVE_SECONDS:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            await asyncio.sleep(EVENT_POLL_SECONDS)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, db: DatabaseDep, workspace: WorkspaceDep) -> JobOut:
+    return service.job_out(service.cancel_job(db, workspace.id, job_id))
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete_job(job_id: str, db: DatabaseDep, workspace: WorkspaceDep) -> Response:
+    service.delete_job(db, workspace.id, job_id)
+    return Response(status_code=204)
+
+
+def _job_json(db: Database, workspace_id: str, job_id: str) -> str:
+    with db.session() as session:
+        job: JobRecord = service.get_job(session, workspace_id, job_id)
+        return service.job_out(job).model_dump_json()

@@ -1,0 +1,304 @@
+"""The registry of job kinds: how an explanation method plugs into the job system.
+
+A method joins by calling :func:`register_kind` with a :class:`JobKind` in a module the
+worker and the API import: the modules in :data:`BUILTIN_KIND_MODULES`, plus those named,
+comma-separated, in the environment variable ``TABXAI_EXTRA_KINDS`` (for plug-ins and the
+test suite's test-only kinds; read once, by every process, the first time a kind is
+looked up).
+
+A kind has four parts, each called at a fixed point of a job's life:
+
+- ``params_model``: a pydantic model of the kind's parameters; ``POST /v1/jobs``
+  validates ``params`` with it (defaults filled in, echoed in the Job).
+- ``check(CheckContext)``: at POST, before anything is queued: does the method apply to
+  this model and dataset? Raise ``service.errors.Unprocessable``/``NotFound`` or a
+  ``models.errors.ModelError`` (e.g. ``FeatureMismatch``) to refuse. May return the
+  params with model-dependent defaults filled in (e.g. a scorer by task), else ``None``.
+- ``estimate(CheckContext)``: ``{"rows_to_predict": int, "seconds": float}`` for
+  ``?dry_run=true`` and the Job's ``estimate``.
+- ``run(RunContext) -> JobOutput``: in the worker's job process, with memory limits.
+  Report progress with ``ctx.progress(fraction, stage)`` (it raises
+  ``explainers.progress.Cancelled`` when the job is cancelled); stream large per-row
+  arrays with ``ctx.array_writer``; return the summary and any other arrays.
+
+Errors in ``run``: :class:`JobInputError`, ``models.errors.ModelError`` and ``ValueError``
+mean bad input and fail the job at once with their code and message; ``MemoryError``
+fails it with ``out_of_memory``; anything else is an infrastructure error, retried.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+from explainers.progress import ProgressCallback
+from models.inspection import ModelInfo
+from service.catalog.tabular import Column
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+    from matplotlib.figure import Figure
+
+    from models.loaded import LoadedModel
+    from service.catalog.tables import DatasetRecord
+    from service.results.arrays import ArrayWriter
+
+__all__ = [
+    "BUILTIN_KIND_MODULES",
+    "EXTRA_KINDS_ENV",
+    "CheckContext",
+    "DatasetInfo",
+    "JobInputError",
+    "JobKind",
+    "JobOutput",
+    "PlotSpec",
+    "RunContext",
+    "get_kind",
+    "kind_names",
+    "load_kind_modules",
+    "register_kind",
+]
+
+log = logging.getLogger("tabxai.jobs.kinds")
+
+BUILTIN_KIND_MODULES: tuple[str, ...] = (
+    "service.methods.tree_shap",
+    "service.methods.permutation",
+    "service.methods.feature_vectors",
+    "service.methods.rashomon",
+)
+"""Modules that register the shipped kinds (the explanation methods) when imported."""
+
+EXTRA_KINDS_ENV = "TABXAI_EXTRA_KINDS"
+
+Device = Literal["cpu", "cuda"]
+
+
+class JobInputError(Exception):
+    """The job's inputs cannot be explained as asked; the job fails at once, not retried.
+
+    ``code`` is machine-readable (e.g. ``"too_many_rows"``); ``message`` is a sentence a
+    person can act on. Both become the Job's ``error``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JobInputError, (self.code, self.message))
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the catalogue knows about a dataset, without reading its rows."""
+
+    id: str
+    name: str
+    n_rows: int
+    target: str | None
+    columns: tuple[Column, ...]
+
+    @classmethod
+    def of(cls, record: DatasetRecord) -> DatasetInfo:
+        return cls(id=record.id, name=record.name, n_rows=record.n_rows, target=record.target,
+                   columns=tuple(Column(c["name"], c["dtype"], c["n_missing"])
+                                 for c in record.columns))
+
+    def column_types(self) -> list[tuple[str, str]]:
+        """(name, dtype) of every column, the form ``models.features.check_compatible``
+        takes."""
+        return [(c.name, c.dtype) for c in self.columns]
+
+
+@dataclass(frozen=True)
+class CheckContext[P: BaseModel]:
+    """What ``check`` and ``estimate`` see at ``POST /v1/jobs``.
+
+    device: as requested, "auto", "cpu" or "cuda". model: None only when the kind's
+    ``needs_model`` is "optional" and no ``model_id`` was sent. job_memory_bytes: the
+    memory a job process may use (TABXAI_JOB_MEMORY_BYTES).
+    """
+
+    params: P
+    device: str
+    dataset: DatasetInfo
+    model: ModelInfo | None
+    model_id: str | None
+    job_memory_bytes: int
+
+
+class RunResources(Protocol):
+    """The worker's side of a RunContext (service.jobs.worker implements it)."""
+
+    def load_dataset(self) -> pa.Table: ...
+
+    def load_model(self) -> LoadedModel: ...
+
+    def array_writer(self, name: str, dtype: str, row_shape: Sequence[int], *,
+                     axes: Sequence[str] | None, labels: Sequence[str] | None,
+                     chunk_rows: int | None) -> ArrayWriter: ...
+
+
+@dataclass(frozen=True)
+class RunContext[P: BaseModel]:
+    """What ``run`` gets, in the job's own process.
+
+    job_id, attempt (1 for the first run). params: the validated params model.
+    device: "cpu" or "cuda", where the worker placed this job. dataset, model: catalogue
+    facts (``model`` is None for model-free jobs). n_threads: threads the method may use.
+    memory_limit_bytes: memory the process may add (past it, MemoryError).
+    tmp_dir: a private scratch directory, removed when the job ends.
+    progress: ``progress(fraction, stage)``, fraction in [0, 1]; cheap to call often
+    (throttled); raises ``explainers.progress.Cancelled`` once the job is cancelled.
+    """
+
+    job_id: str
+    attempt: int
+    params: P
+    device: Device
+    dataset: DatasetInfo
+    model: ModelInfo | None
+    n_threads: int
+    memory_limit_bytes: int
+    tmp_dir: Path
+    progress: ProgressCallback
+    resources: RunResources = field(repr=False)
+
+    def load_dataset(self) -> pa.Table:
+        """The whole dataset as a pyarrow Table, column types as fixed at upload."""
+        return self.resources.load_dataset()
+
+    def load_model(self) -> LoadedModel:
+        """The model, loaded in this process (raises JobInputError when there is none)."""
+        return self.resources.load_model()
+
+    def array_writer(self, name: str, dtype: str, row_shape: Sequence[int] = (), *,
+                     axes: Sequence[str] | None = None,
+                     labels: Sequence[str] | None = None,
+                     chunk_rows: int | None = None) -> ArrayWriter:
+        """A writer that appends rows of the result array ``name`` to storage as they
+        are computed, so that a large array is never held whole.
+
+        dtype: "float32" or "int64"; row_shape: the shape of one row (``()`` for a
+        vector, ``(F,)`` for an [N, F] matrix, ``(K, F)`` for [N, K, F]).
+        axes: names of the axes after the row axis, used as column names of the long
+        form of 3-D and 4-D arrays (default ``axis_1``, ``axis_2``, ...).
+        labels: names of the entries of the last axis (e.g. feature names), used as
+        column names (2-D) or values (long form) of the Parquet and CSV downloads.
+        chunk_rows: rows per stored chunk; default (and most): as many as fit in about
+        4 MiB, at most 65,536.
+
+        Call ``writer.append(rows)`` with arrays of shape ``[n, *row_shape]``; the
+        array becomes visible only when the job succeeds. A writer not closed by
+        ``run`` is closed when ``run`` returns.
+        """
+        return self.resources.array_writer(name, dtype, row_shape, axes=axes, labels=labels,
+                                           chunk_rows=chunk_rows)
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """What ``run`` returns.
+
+    summary: JSON-able (plain floats/ints/str/lists/dicts, no NaN); the service adds
+    ``provenance`` fields (job, versions, device) to any ``summary["provenance"]``.
+    arrays: further per-row arrays, stored like the ones written with
+    ``ctx.array_writer`` (floats as float32, integers and booleans as int64).
+    array_axes, array_labels: per array name, as the ``axes`` and ``labels`` of
+    ``RunContext.array_writer``.
+    device_used: "cpu" or "cuda" where the method ran elsewhere than ``ctx.device``
+    (e.g. a fallback); None means ``ctx.device``.
+    """
+
+    summary: dict[str, Any]
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    array_axes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    array_labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    device_used: Device | None = None
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    """A figure of a result: ``draw(summary, arrays, **options) -> Figure``.
+
+    draw: pure, matplotlib's object-oriented API only (``Figure()``, never pyplot).
+    arrays: names of the result arrays ``draw`` reads; each is loaded up to ``max_rows``
+    rows (the first rows; the method already samples rows at random).
+    options: a pydantic model of the plot's query parameters (e.g. ``pair: str`` for
+    ``?pair=a,b``), validated and passed to ``draw`` as keyword arguments; None: none.
+    available: whether the plot exists for a given summary (e.g. interactions only
+    when they were computed); None: always.
+    """
+
+    draw: Callable[..., Figure]
+    arrays: tuple[str, ...] = ()
+    max_rows: int = 5000
+    options: type[BaseModel] | None = None
+    available: Callable[[dict[str, Any]], bool] | None = None
+
+
+@dataclass(frozen=True)
+class JobKind[P: BaseModel]:
+    """One kind of job. ``needs_model``: True, False, or "optional" (model-free mode)."""
+
+    name: str
+    params_model: type[P]
+    needs_model: bool | Literal["optional"]
+    check: Callable[[CheckContext[P]], P | None]
+    estimate: Callable[[CheckContext[P]], dict[str, Any]]
+    run: Callable[[RunContext[P]], JobOutput]
+    plots: Mapping[str, PlotSpec] = field(default_factory=dict)
+
+    @property
+    def module(self) -> str:
+        """The module that registers this kind; a job process imports it to find it."""
+        return self.run.__module__
+
+
+_registry: dict[str, JobKind[Any]] = {}
+_loaded = False
+_load_lock = threading.Lock()
+
+
+def register_kind(kind: JobKind[Any]) -> JobKind[Any]:
+    """Add ``kind`` to the registry (re-registering from the same module replaces it)."""
+    existing = _registry.get(kind.name)
+    if existing is not None and existing.module != kind.module:
+        raise ValueError(f"job kind {kind.name!r} is already registered by {existing.module}")
+    _registry[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> JobKind[Any] | None:
+    load_kind_modules()
+    return _registry.get(name)
+
+
+def kind_names() -> list[str]:
+    load_kind_modules()
+    return sorted(_registry)
+
+
+def load_kind_modules() -> None:
+    """Import the built-in kind modules and those of ``TABXAI_EXTRA_KINDS``, once."""
+    global _loaded
+    if _loaded:
+        return
+    with _load_lock:
+        if _loaded:
+            return
+        extra = [m.strip() for m in os.environ.get(EXTRA_KINDS_ENV, "").split(",") if m.strip()]
+        for module in (*BUILTIN_KIND_MODULES, *extra):
+            importlib.import_module(module)
+        _loaded = True

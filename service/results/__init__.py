@@ -1,0 +1,1 @@
+"""Results of succeeded jobs: the summary, row-chunked arrays, and rendered plots."""

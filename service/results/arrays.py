@@ -1,0 +1,394 @@
+"""Result arrays stored by rows in chunks: writing while a job computes, reading pages,
+and streamed .npy / .parquet / .csv downloads.
+
+An array of shape ``[N, *row_shape]`` is cut into chunks of ``chunk_rows`` rows (at most
+65,536 rows and about 4 MiB), each chunk one blob of little-endian raw values (float32,
+or int64 for indices). Writing, reading a page and streaming a download all hold one
+chunk at a time, whatever N is.
+
+Writers run in the job process under the job's lease: every chunk is written in a
+*fenced* transaction (the caller's ``transaction`` factory checks the lease), tagged with
+the lease owner, and becomes visible only when the fenced success transaction calls
+:func:`commit_arrays`. Anything else is garbage that :func:`discard_chunks` removes.
+
+Download layouts (Parquet and CSV; ``.npy`` is always the array itself):
+
+- 1-D ``[N]``: columns ``row``, ``value``.
+- 2-D ``[N, F]``: ``row``, then one column per entry of the last axis, named by the
+  array's labels (e.g. feature names) or ``<axis>_<j>``.
+- 3-D and 4-D: long form, one line per value: ``row``, one column per further axis
+  (named by the array's axes, e.g. ``output``, ``feature``; the last holds the label
+  when the array has labels, else the index), then ``value``.
+
+``row`` is the index into the array's first axis (0-based). When a label is itself
+"row", the index column is called ``row_index`` instead.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from service.db import Database
+from service.errors import NotFound
+from service.results.tables import ArrayChunk, ResultArray
+from service.storage import delete_blob, read_chunk, store_chunks
+
+DTYPES = ("float32", "int64")
+MAX_CHUNK_ROWS = 65_536
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
+
+TransactionFactory = Callable[[], AbstractContextManager[Session]]
+
+
+@dataclass(frozen=True)
+class ArrayMeta:
+    """What is known about a stored array: enough to read it back."""
+
+    job_id: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+    owner: str
+    axes: tuple[str, ...]
+    labels: tuple[str, ...] | None
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.shape[0] / self.chunk_rows) if self.shape[0] else 0
+
+    @classmethod
+    def of(cls, row: ResultArray) -> ArrayMeta:
+        return cls(row.job_id, row.name, tuple(row.shape), row.dtype, row.chunk_rows, row.owner,
+                   tuple(row.axes), tuple(row.labels) if row.labels is not None else None)
+
+
+def chunk_rows_for(row_shape: Sequence[int], dtype: str) -> int:
+    """Rows per chunk: at most 65,536 and about 4 MiB, at least one."""
+    row_bytes = max(1, math.prod(row_shape) * np.dtype(dtype).itemsize)
+    return max(1, min(MAX_CHUNK_ROWS, MAX_CHUNK_BYTES // row_bytes))
+
+
+class ArrayWriter:
+    """Appends rows of one array to storage, a chunk per fenced transaction.
+
+    ``chunk_rows``: rows per chunk, at most (and by default) :func:`chunk_rows_for`.
+    Holds at most one chunk of rows in memory. ``close()`` writes the last partial
+    chunk and returns the array's metadata; the array is not visible until the job's
+    success transaction commits it.
+    """
+
+    def __init__(self, transaction: TransactionFactory, *, job_id: str, owner: str,
+                 name: str, dtype: str, row_shape: Sequence[int],
+                 axes: Sequence[str] | None = None,
+                 labels: Sequence[str] | None = None,
+                 chunk_rows: int | None = None) -> None:
+        if not NAME.match(name):
+            raise ValueError(f"array name {name!r} must be a letter followed by letters, "
+                             "digits or underscores (at most 100)")
+        if dtype not in DTYPES:
+            raise ValueError(f"array dtype must be one of {DTYPES}, got {dtype!r}")
+        row_shape = tuple(int(d) for d in row_shape)
+        if any(d < 0 for d in row_shape) or len(row_shape) > 3:
+            raise ValueError(f"row_shape {row_shape} must have at most 3 non-negative sizes")
+        axes = tuple(axes) if axes is not None else tuple(
+            f"axis_{i + 1}" for i in range(len(row_shape)))
+        if len(axes) != len(row_shape):
+            raise ValueError(f"axes {axes} must name each of the {len(row_shape)} axes "
+                             "after the row axis")
+        if labels is not None:
+            labels = tuple(str(v) for v in labels)
+            if not row_shape or len(labels) != row_shape[-1]:
+                raise ValueError(f"labels must name each of the {row_shape[-1:] or 0} "
+                                 "entries of the last axis")
+        self._transaction = transaction
+        self.job_id, self.owner, self.name = job_id, owner, name
+        self.dtype, self.row_shape, self.axes, self.labels = dtype, row_shape, axes, labels
+        largest = chunk_rows_for(row_shape, dtype)
+        if chunk_rows is not None and not 1 <= chunk_rows <= largest:
+            raise ValueError(f"chunk_rows must be between 1 and {largest}, got {chunk_rows}")
+        self.chunk_rows = chunk_rows or largest
+        self._pending: list[npt.NDArray[np.generic]] = []
+        self._pending_rows = 0
+        self._written_rows = 0
+        self._seq = 0
+        self._meta: ArrayMeta | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return self._written_rows + self._pending_rows
+
+    @property
+    def closed(self) -> bool:
+        return self._meta is not None
+
+    def append(self, rows: npt.ArrayLike) -> None:
+        """Append ``rows`` of shape ``[n, *row_shape]``."""
+        if self._meta is not None:
+            raise ValueError(f"array {self.name!r} is closed")
+        values = np.asarray(rows)
+        if values.shape[1:] != self.row_shape:
+            raise ValueError(f"rows of array {self.name!r} must have shape "
+                             f"[n, {', '.join(map(str, self.row_shape))}], got "
+                             f"{list(values.shape)}")
+        if self.dtype == "int64" and values.dtype.kind not in "iub":
+            raise ValueError(f"array {self.name!r} holds integers; got {values.dtype}")
+        if not len(values):
+            return
+        self._pending.append(values.astype("<f4" if self.dtype == "float32" else "<i8"))
+        self._pending_rows += len(values)
+        while self._pending_rows >= self.chunk_rows:
+            self._flush(self.chunk_rows)
+
+    def close(self) -> ArrayMeta:
+        if self._meta is None:
+            if self._pending_rows:
+                self._flush(self._pending_rows)
+            self._meta = ArrayMeta(self.job_id, self.name, (self._written_rows, *self.row_shape),
+                                   self.dtype, self.chunk_rows, self.owner, self.axes,
+                                   self.labels)
+        return self._meta
+
+    def _flush(self, n: int) -> None:
+        pending = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        chunk, rest = pending[:n], pending[n:]
+        self._pending = [rest] if len(rest) else []
+        self._pending_rows = len(rest)
+        data = np.ascontiguousarray(chunk).tobytes()
+        with self._transaction() as session:
+            blob = store_chunks(session, [data])
+            session.execute(insert(ArrayChunk).values(
+                job_id=self.job_id, owner=self.owner, name=self.name, seq=self._seq,
+                n_rows=n, blob_id=blob.id))
+        self._seq += 1
+        self._written_rows += n
+
+
+def write_array(transaction: TransactionFactory, *, job_id: str, owner: str, name: str,
+                values: npt.ArrayLike, axes: Sequence[str] | None = None,
+                labels: Sequence[str] | None = None) -> ArrayMeta:
+    """Store a whole in-memory array (floats as float32, integers and booleans as int64)."""
+    array = np.asarray(values)
+    if array.ndim < 1:
+        raise ValueError(f"array {name!r} must have a row axis; got a scalar")
+    dtype = "int64" if array.dtype.kind in "iub" else "float32"
+    writer = ArrayWriter(transaction, job_id=job_id, owner=owner, name=name, dtype=dtype,
+                         row_shape=array.shape[1:], axes=axes, labels=labels)
+    for start in range(0, len(array), writer.chunk_rows):
+        writer.append(array[start:start + writer.chunk_rows])
+    return writer.close()
+
+
+# -- committing and discarding (inside the caller's fenced transaction) -------------
+
+def commit_arrays(session: Session, job_id: str, metas: Sequence[ArrayMeta]) -> None:
+    """Make ``metas`` the job's result arrays; chunks of other owners are discarded."""
+    owners = {m.owner for m in metas}
+    if len(owners) > 1:
+        raise ValueError("all arrays of a result must come from one lease owner")
+    for meta in metas:
+        session.add(ResultArray(job_id=job_id, name=meta.name, shape=list(meta.shape),
+                                dtype=meta.dtype, chunk_rows=meta.chunk_rows,
+                                owner=meta.owner, axes=list(meta.axes),
+                                labels=list(meta.labels) if meta.labels else None))
+    session.flush()
+    discard_chunks(session, job_id, keep_owner=next(iter(owners), None))
+
+
+def discard_chunks(session: Session, job_id: str, *, keep_owner: str | None = None) -> int:
+    """Delete the job's chunks (all, or all but ``keep_owner``'s) and their blobs."""
+    query = select(ArrayChunk.owner, ArrayChunk.name, ArrayChunk.seq, ArrayChunk.blob_id) \
+        .where(ArrayChunk.job_id == job_id)
+    if keep_owner is not None:
+        query = query.where(ArrayChunk.owner != keep_owner)
+    rows = session.execute(query).all()
+    for owner, name, seq, blob_id in rows:
+        session.execute(delete(ArrayChunk).where(
+            ArrayChunk.job_id == job_id, ArrayChunk.owner == owner,
+            ArrayChunk.name == name, ArrayChunk.seq == seq))
+        delete_blob(session, blob_id)
+    return len(rows)
+
+
+def delete_arrays(session: Session, job_id: str) -> None:
+    """Delete a job's committed arrays and every chunk it has (for deleting the job)."""
+    session.execute(delete(ResultArray).where(ResultArray.job_id == job_id))
+    discard_chunks(session, job_id)
+
+
+# -- reading ------------------------------------------------------------------------
+
+def list_arrays(session: Session, job_id: str) -> list[ArrayMeta]:
+    rows = session.scalars(select(ResultArray).where(ResultArray.job_id == job_id)
+                           .order_by(ResultArray.name))
+    return [ArrayMeta.of(row) for row in rows]
+
+
+def get_array(session: Session, job_id: str, name: str) -> ArrayMeta:
+    row = session.get(ResultArray, (job_id, name))
+    if row is None:
+        names = [m.name for m in list_arrays(session, job_id)]
+        raise NotFound(f"The result of {job_id} has no array '{name}'; its arrays are: "
+                       f"{', '.join(names) or 'none'}.", code="unknown_array")
+    return ArrayMeta.of(row)
+
+
+def read_rows(db: Database, meta: ArrayMeta, *, offset: int, limit: int
+              ) -> npt.NDArray[np.generic]:
+    """Rows ``offset .. offset+limit`` (clipped to the array), reading only their chunks."""
+    stop = min(meta.shape[0], offset + limit)
+    if offset >= stop:
+        return np.empty((0, *meta.row_shape), dtype=meta.dtype)
+    parts = [chunk for _, chunk in iter_chunks(db, meta, offset // meta.chunk_rows,
+                                               (stop - 1) // meta.chunk_rows + 1)]
+    first = (offset // meta.chunk_rows) * meta.chunk_rows
+    joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return joined[offset - first:stop - first]
+
+
+def iter_chunks(db: Database, meta: ArrayMeta, start: int = 0, stop: int | None = None
+                ) -> Iterator[tuple[int, npt.NDArray[np.generic]]]:
+    """(first row, rows) of chunks ``start .. stop``, each read in its own transaction."""
+    dtype = np.dtype("<f4" if meta.dtype == "float32" else "<i8")
+    for seq in range(start, meta.n_chunks if stop is None else stop):
+        with db.session(readonly=True) as session:
+            chunk = session.get(ArrayChunk, (meta.job_id, meta.owner, meta.name, seq))
+            if chunk is None:
+                raise NotFound(f"Chunk {seq} of array '{meta.name}' is missing.")
+            data = read_chunk(session, chunk.blob_id, 0)
+            n_rows = chunk.n_rows
+        yield seq * meta.chunk_rows, np.frombuffer(data, dtype=dtype).reshape(
+            n_rows, *meta.row_shape)
+
+
+
+# -- downloads ----------------------------------------------------------------------
+
+def npy_stream(db: Database, meta: ArrayMeta) -> Iterator[bytes]:
+    """The array as a .npy file: the header, then the stored little-endian rows."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {
+        "descr": "<f4" if meta.dtype == "float32" else "<i8",
+        "fortran_order": False,
+        "shape": meta.shape,
+    })
+    yield header.getvalue()
+    for _, rows in iter_chunks(db, meta):
+        yield rows.tobytes()
+
+
+def parquet_stream(db: Database, meta: ArrayMeta) -> Iterator[bytes]:
+    """The array as Parquet (layout in the module docstring), a row group per chunk."""
+    sink = _Sink()
+    schema = _schema(meta)
+    # Dictionary pages only for label columns: on float values they only add size.
+    labels = [f.name for f in schema if pa.types.is_string(f.type)]
+    writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, use_dictionary=labels)
+    try:
+        for first, rows in iter_chunks(db, meta):
+            table = chunk_table(meta, first, rows)
+            writer.write_table(table, row_group_size=max(1, table.num_rows))
+            yield sink.drain()
+    finally:
+        writer.close()
+    yield sink.drain()
+
+
+def csv_stream(db: Database, meta: ArrayMeta) -> Iterator[bytes]:
+    """The array as CSV with a header row (layout in the module docstring)."""
+    sink = _Sink()
+    writer = pacsv.CSVWriter(pa.PythonFile(sink, mode="w"), _schema(meta))
+    try:
+        for first, rows in iter_chunks(db, meta):
+            writer.write_table(chunk_table(meta, first, rows))
+            yield sink.drain()
+    finally:
+        writer.close()
+    yield sink.drain()
+
+
+def chunk_table(meta: ArrayMeta, first_row: int, rows: npt.NDArray[np.generic]) -> pa.Table:
+    """Rows ``first_row ..`` of the array as a table in the download layout."""
+    n = len(rows)
+    row_index = np.arange(first_row, first_row + n, dtype=np.int64)
+    if rows.ndim == 1:
+        columns = [pa.array(row_index), pa.array(rows)]
+    elif rows.ndim == 2:
+        columns = [pa.array(row_index)] + [pa.array(rows[:, j]) for j in range(rows.shape[1])]
+    else:
+        inner = rows.shape[1:]
+        columns = [pa.array(np.repeat(row_index, math.prod(inner)))]
+        grids = np.indices(inner).reshape(len(inner), -1)
+        for axis in range(len(inner)):
+            index = pa.array(np.tile(grids[axis], n).astype(np.int64))
+            last = axis == len(inner) - 1
+            columns.append(pa.array(meta.labels).take(index)
+                           if last and meta.labels is not None else index)
+        columns.append(pa.array(rows.reshape(-1)))
+    return pa.Table.from_arrays(columns, schema=_schema(meta))
+
+
+def _schema(meta: ArrayMeta) -> pa.Schema:
+    value = pa.float32() if meta.dtype == "float32" else pa.int64()
+    index_name = "row_index" if meta.labels and "row" in meta.labels else "row"
+    fields = [pa.field(index_name, pa.int64())]
+    if len(meta.shape) == 1:
+        fields.append(pa.field("value", value))
+    elif len(meta.shape) == 2:
+        names = meta.labels or tuple(f"{meta.axes[0]}_{j}" for j in range(meta.shape[1]))
+        fields += [pa.field(name, value) for name in names]
+    else:
+        for axis, name in enumerate(meta.axes):
+            last = axis == len(meta.axes) - 1
+            fields.append(pa.field(name, pa.string() if last and meta.labels is not None
+                                   else pa.int64()))
+        fields.append(pa.field("value", value))
+    return pa.schema(fields)
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file that keeps what was written until drained.
+
+    Parquet and CSV writers need a file that tells its position; the stream hands
+    out the bytes written so far after each chunk instead of holding the whole file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        self._position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def drain(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
