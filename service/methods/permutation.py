@@ -1,0 +1,107 @@
+"""Job kind ``permutation_importance``: scikit-learn's definition, any model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from explainers.permutation import (
+    PermutationParamsError,
+    permutation_importance,
+    validate_permutation_params,
+)
+from explainers.permutation_figures import draw_importance
+from service.errors import Unprocessable
+from service.jobs.kinds import CheckContext, JobKind, JobOutput, PlotSpec, RunContext, register_kind
+from service.methods.inputs import (
+    feature_names,
+    model_columns,
+    model_inputs,
+    provenance,
+    require_model,
+    require_target,
+    rows_per_second,
+    sample_rows,
+)
+
+
+class PermutationImportanceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scoring: str | None = Field(
+        None, description="A scikit-learn scorer name; default r2 (regression) or accuracy.")
+    n_repeats: int = Field(5, ge=1, le=1000)
+    random_state: int = Field(0, ge=0, lt=2**32)
+    max_rows: int | None = Field(None, ge=1, description="Rows to score on (a seeded "
+                                 "sample); default all.")
+    features: list[str] | list[list[str]] | None = Field(
+        None, description="Feature names, or lists of names permuted together; default all.")
+
+
+def _validated(ctx: CheckContext[PermutationImportanceParams]) -> Any:
+    model = require_model(ctx)
+    names = feature_names(model, model_columns(ctx))
+    params = ctx.params
+    try:
+        return validate_permutation_params(
+            task=model.task, feature_names=names, scoring=params.scoring,
+            n_repeats=params.n_repeats, random_state=params.random_state,
+            features=params.features, classes=model.classes)
+    except PermutationParamsError as exc:
+        raise Unprocessable(str(exc), code="invalid_params") from exc
+
+
+def check(ctx: CheckContext[PermutationImportanceParams]) -> PermutationImportanceParams:
+    require_target(ctx.dataset)
+    checked = _validated(ctx)
+    return ctx.params.model_copy(update={"scoring": checked.scoring})
+
+
+def estimate(ctx: CheckContext[PermutationImportanceParams]) -> dict[str, Any]:
+    checked = _validated(ctx)
+    rows = min(ctx.dataset.n_rows, ctx.params.max_rows or ctx.dataset.n_rows)
+    to_predict = rows * (1 + len(checked.groups) * ctx.params.n_repeats)
+    return {"rows_to_predict": to_predict,
+            "seconds": round(to_predict / rows_per_second(ctx.model) + 1.0, 1)}
+
+
+def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
+    params = ctx.params
+    assert ctx.model is not None
+    rows = sample_rows(ctx.dataset.n_rows, params.max_rows, params.random_state)
+    ctx.progress(0.0, "loading")
+    X, y_index = model_inputs(ctx, rows, with_target=True)
+    assert y_index is not None
+    # The method takes labels, as scikit-learn's y; the model's classes name them.
+    y = np.asarray(ctx.model.classes)[y_index] if ctx.model.classes else y_index
+    names = feature_names(ctx.model, _dataset_names(ctx))
+    model = ctx.load_model()
+    result = permutation_importance(
+        model, X, y, scoring=params.scoring, n_repeats=params.n_repeats,
+        random_state=params.random_state, feature_names=names, features=params.features,
+        n_jobs=ctx.n_threads, device=ctx.device,
+        progress=lambda p, s: ctx.progress(0.05 + 0.95 * p, s))
+    summary = result.summary()
+    summary["provenance"] = {**summary.get("provenance", {}),
+                             **provenance(seed=params.random_state, rows_scored=len(rows))}
+    return JobOutput(summary=summary, arrays=result.arrays())
+
+
+def _dataset_names(ctx: RunContext[PermutationImportanceParams]) -> list[str]:
+    from models.features import check_compatible
+
+    assert ctx.model is not None
+    return check_compatible(ctx.dataset.column_types(), ctx.model, target=ctx.dataset.target)
+
+
+register_kind(JobKind(
+    name="permutation_importance",
+    params_model=PermutationImportanceParams,
+    needs_model=True,
+    check=check,
+    estimate=estimate,
+    run=run,
+    plots={"importance": PlotSpec(draw=draw_importance, arrays=("importances",))},
+))
