@@ -85,7 +85,8 @@ def main() -> None:
             response.raise_for_status()
             rss = peak_rss_bytes(server.pid)
             print(f"rows: {response.json()['n_rows']:,}")
-            print(f"upload: {size / 1e6:,.0f} MB in {elapsed:.1f} s = {size / 1e6 / elapsed:.1f} MB/s"
+            rate = size / 1e6 / elapsed
+            print(f"upload: {size / 1e6:,.0f} MB in {elapsed:.1f} s = {rate:.1f} MB/s"
                   " (received, parsed, stored in SQLite, catalogued)")
             print(f"server peak RSS: {rss / 2**20:,.0f} MiB (idle {idle_rss / 2**20:,.0f} MiB) "
                   f"for a {size / 2**20:,.0f} MiB file; target < 300 MiB: "

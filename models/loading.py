@@ -198,7 +198,8 @@ def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> dic
         config = json.loads(booster.save_config())
     except (xgboost.core.XGBoostError, ValueError) as error:
         raise InvalidModel(
-            f"The XGBoost model could not be read ({_first_line(error)}). Upload the whole file written by Booster.save_model('model.json') or .ubj."
+            f"The XGBoost model could not be read ({_first_line(error)}). "
+            "Upload the whole file written by Booster.save_model('model.json') or .ubj."
         ) from error
     learner = config["learner"]
     objective = learner["objective"]["name"]
@@ -320,7 +321,8 @@ def _load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> di
         booster = lightgbm.Booster(model_str=text)
     except lightgbm.basic.LightGBMError as error:
         raise InvalidModel(
-            f"The LightGBM model could not be read ({_first_line(error)}). Upload the whole file written by Booster.save_model('model.txt')."
+            f"The LightGBM model could not be read ({_first_line(error)}). "
+            "Upload the whole file written by Booster.save_model('model.txt')."
         ) from error
     objective = header.get("objective", "regression").split(" ")[0]
     n_outputs = int(header.get("num_tree_per_iteration", "1"))
@@ -468,7 +470,8 @@ def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> dict[
         untrusted = skops.io.get_untrusted_types(file=path)
     except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError, OSError) as error:
         raise InvalidModel(
-            f"The skops file could not be read ({_first_line(error)}). Upload the whole file written by skops.io.dump."
+            f"The skops file could not be read ({_first_line(error)}). "
+            "Upload the whole file written by skops.io.dump."
         ) from error
     refused = [name for name in untrusted if not _skops_type_allowed(name)]
     if refused:
@@ -482,7 +485,8 @@ def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> dict[
         estimator = skops.io.load(path, trusted=list(untrusted))
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, OSError) as error:
         raise InvalidModel(
-            f"The skops file could not be loaded ({_first_line(error)}). Save the model again with skops.io.dump using the same scikit-learn version."
+            f"The skops file could not be loaded ({_first_line(error)}). "
+            "Save the model again with skops.io.dump using the same scikit-learn version."
         ) from error
     return _sklearn_parts(estimator)
 
@@ -518,7 +522,8 @@ def _load_pickled(path: Path, *, task: str | None, n_threads: int | None) -> dic
         OSError,
     ) as error:
         raise InvalidModel(
-            f"The pickled model could not be loaded ({_first_line(error)}). Save it with skops.io.dump instead."
+            f"The pickled model could not be loaded ({_first_line(error)}). "
+            "Save it with skops.io.dump instead."
         ) from error
     if not type(estimator).__module__.startswith("sklearn."):
         raise InvalidModel(
@@ -670,7 +675,8 @@ def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[s
         proto = onnx.load_model_from_string(model_bytes)
     except (DecodeError, ValueError, RuntimeError) as error:
         raise InvalidModel(
-            f"The ONNX file could not be parsed ({_first_line(error)}). Upload the whole .onnx file your converter wrote."
+            f"The ONNX file could not be parsed ({_first_line(error)}). "
+            "Upload the whole .onnx file your converter wrote."
         ) from error
     session = _onnx_session(model_bytes, ["CPUExecutionProvider"], n_threads)
     inputs = session.get_inputs()
@@ -804,7 +810,8 @@ def _onnx_session(model_bytes: bytes, providers: list[str], n_threads: int | Non
         ort_state.RuntimeException,
     ) as error:
         raise InvalidModel(
-            f"onnxruntime cannot run the ONNX graph ({_first_line(error)}). Convert the model again with a supported opset."
+            f"onnxruntime cannot run the ONNX graph ({_first_line(error)}). "
+            "Convert the model again with a supported opset."
         ) from error
 
 
@@ -915,7 +922,8 @@ def _load_torchscript(path: Path, *, task: str | None, n_threads: int | None) ->
         module = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as error:
         raise InvalidModel(
-            f"The TorchScript file could not be loaded ({_first_line(error)}). Save it with torch.jit.save."
+            f"The TorchScript file could not be loaded ({_first_line(error)}). "
+            "Save it with torch.jit.save."
         ) from error
     module.eval()
     predictor = _TorchPredictor(module, n_threads)

@@ -175,7 +175,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = f"{request.method} is not allowed on {request.url.path}."
         return problem_response(405, "method_not_allowed", "Method not allowed.", detail,
                                 headers=getattr(exc, "headers", None))
-    code = "http_%d" % exc.status_code
+    code = f"http_{exc.status_code}"
     return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail),
                             headers=getattr(exc, "headers", None))
 
