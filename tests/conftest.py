@@ -107,3 +107,24 @@ def make_client(db: Database, settings: Settings) -> Iterator[Callable[..., Test
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many tests ran on each database, so a CI log shows PostgreSQL really ran."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            for backend in ("sqlite", "postgresql"):
+                if f"[{backend}" in nodeid or f"-{backend}]" in nodeid or f"-{backend}-" in nodeid:
+                    per = counts.setdefault(backend, {})
+                    per[outcome] = per.get(outcome, 0) + 1
+    if not counts:
+        return
+    terminalreporter.section("database backends")
+    for backend in BACKENDS:
+        per = counts.get(backend, {})
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(per.items()))
+        terminalreporter.write_line(f"{backend}: {summary or 'no tests'}")
+    if not PG_URL:
+        terminalreporter.write_line("postgresql: not configured (set TABXAI_TEST_DATABASE_URL)")

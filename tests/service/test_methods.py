@@ -111,6 +111,39 @@ def test_tree_shap_equals_shap_with_interactions(worker_client: tuple[TestClient
     _plots_render(client, job["id"], {"summary", "importance", "interactions"})
 
 
+def test_tree_shap_multiclass_ubjson_values(worker_client: tuple[TestClient, Database],
+                                           saved_models: dict[str, SavedModel]) -> None:
+    import shap
+
+    client, db = worker_client
+    saved = saved_models["xgboost_multiclass_ubj"]
+    job = _run(client, db, {"kind": "tree_shap", "model_id": _model(client, saved),
+                            "dataset_id": _dataset(client, "multiclass")})
+    X, _ = make_data(n=240)
+    expected = np.asarray(shap.TreeExplainer(saved.native).shap_values(X))  # [N, F, K]
+    values = _npy(client, job["id"], "shap_values")                        # [N, K, F]
+    assert values.shape == (240, 3, 5)
+    np.testing.assert_allclose(values, expected.transpose(0, 2, 1),
+                               atol=1e-5 * np.abs(expected).max())
+    summary = client.get(f"/v1/jobs/{job['id']}/result").json()
+    assert summary["outputs"] == ["0", "1", "2"]
+    assert len(summary["importance"][0]["mean_abs_shap"]) == 3
+
+
+def test_jobs_refuse_a_dataset_that_lacks_model_features(
+        client: TestClient, saved_models: dict[str, SavedModel]) -> None:
+    model_id = _model(client, saved_models["xgboost_regression_json"])
+    frame = pd.DataFrame({"f0": [1.0, 2.0], "f1": [3.0, 4.0], "f2": ["a", "b"],
+                          "f3": [0.0, 1.0], "y": [1.0, 0.0]})
+    dataset = client.post("/v1/datasets", files={"file": ("d.csv", frame.to_csv(index=False))},
+                          data={"target": "y"}).json()
+    body = assert_problem(client.post("/v1/jobs", json={
+        "kind": "tree_shap", "model_id": model_id, "dataset_id": dataset["id"]}),
+        422, "feature_mismatch")
+    assert "f4" in body["detail"] and "f2" in body["detail"]
+    assert client.get("/v1/jobs").json()["items"] == []
+
+
 def test_tree_shap_refuses_a_neural_model(client: TestClient,
                                           saved_models: dict[str, SavedModel]) -> None:
     dataset_id = _dataset(client)

@@ -134,3 +134,28 @@ def test_list_get_delete_and_isolation(client: TestClient, db: Database,
     assert client.delete(f"/v1/models/{ids[0]}").status_code == 204
     assert_problem(client.get(f"/v1/models/{ids[0]}"), 404, "not_found")
     assert _blob_count(db) == 2
+
+
+class Marker:
+    """A type no allowlist knows."""
+
+
+def test_untrusted_skops_and_joblib_uploads(client: TestClient, db: Database, tmp_path,  # type: ignore[no-untyped-def]
+                                            saved_models: dict[str, SavedModel]) -> None:
+    import joblib
+    import skops.io
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    pipe = make_pipeline(FunctionTransformer(eval), saved_models["sklearn_dt_regression"].native)
+    path = tmp_path / "fn.skops"
+    skops.io.dump(pipe, path)
+    body = assert_problem(client.post("/v1/models", files={"file": ("fn.skops",
+                                                                    path.read_bytes())}),
+                          422, "untrusted_type")
+    assert "builtins.eval" in body["detail"]
+    joblib.dump(saved_models["sklearn_dt_regression"].native, tmp_path / "m.joblib", compress=3)
+    assert_problem(client.post("/v1/models", files={
+        "file": ("m.joblib", (tmp_path / "m.joblib").read_bytes())}), 415, "untrusted_format")
+    assert _blob_count(db) == 0
+    assert client.get("/healthz").status_code == 200
