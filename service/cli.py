@@ -1,4 +1,4 @@
-"""The `tabxai` command: serve, worker, migrate, keys."""
+"""The `tabxai` command: serve, worker, migrate, keys, smoke."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from service.config import Settings
 
@@ -41,6 +42,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
     revoke.set_defaults(func=_keys_revoke)
+
+    smoke = sub.add_parser(
+        "smoke", help="check a running tabxai end to end (for CI); deletes what it makes",
+        description="Upload a small dataset and four small models that ship with tabxai, "
+                    "run every job kind, check the numbers, downloads and plots, then delete "
+                    "everything it made. Exits 1 with a one-line reason on the first failure.")
+    smoke.add_argument("url", help="base URL of the server, e.g. http://127.0.0.1:8000")
+    smoke.add_argument("--key", help="API key, sent as Authorization: Bearer")
+    smoke.add_argument("--timeout", type=float, default=300.0,
+                       help="seconds for the whole run (default 300)")
+    # Another expected.json (the tests pass a tampered one to see the failure path).
+    smoke.add_argument("--expected", type=Path, help=argparse.SUPPRESS)
+    smoke.set_defaults(func=_smoke)
 
     args = parser.parse_args(argv)
     settings = Settings()
@@ -165,6 +179,21 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tabxai: {exc.detail}", file=sys.stderr)
         return 1
     print(f"revoked {args.key_id}")
+    return 0
+
+
+def _smoke(args: argparse.Namespace, settings: Settings) -> int:
+    from service.smoke.runner import run_smoke
+
+    if not args.timeout > 0:
+        print("tabxai: --timeout must be positive", file=sys.stderr)
+        return 2
+    report = run_smoke(args.url, key=args.key, timeout_s=args.timeout,
+                       expected_path=args.expected)
+    print(report.table(), flush=True)
+    if report.failure:
+        print(f"smoke: {report.failure}", file=sys.stderr)
+        return 1
     return 0
 
 
