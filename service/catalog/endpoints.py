@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from service.catalog import service
 from service.catalog.schemas import ColumnOut, DatasetOut, ModelOut, Page, RowsOut
 from service.catalog.tables import DatasetRecord, ModelRecord
-from service.deps import DatabaseDep, SessionDep, SettingsDep, WorkspaceDep
+from service.deps import DatabaseDep, ReadSessionDep, SessionDep, SettingsDep, WorkspaceDep
 from service.metrics import UPLOAD_BYTES
 from service.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from service.uploads import receive_upload
@@ -102,7 +102,7 @@ async def upload_dataset(
 
 
 @router.get("/datasets", response_model=Page[DatasetOut], tags=["datasets"])
-def list_datasets(session: SessionDep, workspace: WorkspaceDep,
+def list_datasets(session: ReadSessionDep, workspace: WorkspaceDep,
                   limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Page[DatasetOut]:
     records, next_cursor = service.list_datasets(session, workspace.id, limit=limit,
                                                  cursor=cursor)
@@ -110,12 +110,12 @@ def list_datasets(session: SessionDep, workspace: WorkspaceDep,
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetOut, tags=["datasets"])
-def get_dataset(dataset_id: str, session: SessionDep, workspace: WorkspaceDep) -> DatasetOut:
+def get_dataset(dataset_id: str, session: ReadSessionDep, workspace: WorkspaceDep) -> DatasetOut:
     return dataset_out(service.get_dataset(session, workspace.id, dataset_id))
 
 
 @router.get("/datasets/{dataset_id}/rows", response_model=RowsOut, tags=["datasets"])
-def dataset_rows(dataset_id: str, db: DatabaseDep, session: SessionDep,
+def dataset_rows(dataset_id: str, db: DatabaseDep, session: ReadSessionDep,
                  workspace: WorkspaceDep,
                  offset: Annotated[int, Query(ge=0)] = 0,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> RowsOut:
@@ -162,7 +162,7 @@ async def upload_model(
 
 
 @router.get("/models", response_model=Page[ModelOut], tags=["models"])
-def list_models(session: SessionDep, workspace: WorkspaceDep,
+def list_models(session: ReadSessionDep, workspace: WorkspaceDep,
                 limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Page[ModelOut]:
     records, next_cursor = service.list_models(session, workspace.id, limit=limit,
                                                cursor=cursor)
@@ -170,7 +170,7 @@ def list_models(session: SessionDep, workspace: WorkspaceDep,
 
 
 @router.get("/models/{model_id}", response_model=ModelOut, tags=["models"])
-def get_model(model_id: str, session: SessionDep, workspace: WorkspaceDep) -> ModelOut:
+def get_model(model_id: str, session: ReadSessionDep, workspace: WorkspaceDep) -> ModelOut:
     return model_out(service.get_model(session, workspace.id, model_id))
 
 
