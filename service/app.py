@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from service.config import Settings
 from service.db import Database
 from service.errors import install_error_handlers
 from service.jobs import endpoints as jobs_endpoints
+from service.jobs.kinds import load_kind_modules
 from service.metrics import install_metrics
 from service.migrate import upgrade
 from service.results import endpoints as results_endpoints
@@ -32,6 +34,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate:
             upgrade(db.engine)
+        # The job kinds import the numerical libraries (seconds); warm them up in the
+        # background so the first POST /v1/jobs does not pay for it.
+        threading.Thread(target=load_kind_modules, name="load-job-kinds", daemon=True).start()
         yield
         db.dispose()
 
