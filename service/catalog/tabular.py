@@ -99,7 +99,9 @@ def inspect_table(path: Path, fmt: TableFormat) -> TableInfo:
 def read_table(path: Path | IO[bytes], info: TableInfo) -> pa.Table:
     """The whole table, with the column types fixed at upload."""
     if info.format == "parquet":
-        return pq.read_table(path)
+        # pre_buffer=False: the default read buffers the whole file on top of the table
+        # (measured: 748 MiB against 496 MiB for a 200 MB file).
+        return pq.read_table(path, pre_buffer=False)
     return pa.Table.from_batches(list(_csv_batches(path, info)), schema=None) \
         if info.n_rows else _empty_table(info)
 

@@ -13,6 +13,9 @@ from models.inspection import ModelInfo
 from service.errors import Unprocessable
 from service.jobs.kinds import CheckContext, DatasetInfo, RunContext
 
+# Rows of the table converted at a time (about 26 MB of float64 for 50 features).
+_BLOCK_ROWS = 65_536
+
 
 def require_model(ctx: CheckContext[Any]) -> ModelInfo:
     if ctx.model is None:
@@ -49,21 +52,35 @@ def sample_rows(n_rows: int, max_rows: int | None, random_state: int) -> npt.NDA
 
 
 def model_inputs(ctx: RunContext[Any], rows: npt.NDArray[np.int64] | None = None,
-                 *, with_target: bool = False
-                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any] | None]:
-    """X (float64, model column order) and, when asked, the target as the model sees it
-    (float64 for regression, class index int64 for classifiers)."""
+                 *, with_target: bool = False, dtype: type[np.floating[Any]] = np.float64
+                 ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[Any] | None]:
+    """X (model column order, float64 unless ``dtype`` is np.float32) and, when asked,
+    the target as the model sees it (float64 for regression, class index int64 for
+    classifiers).
+
+    X is built a block of rows at a time: the peak is the table plus X, not X again in
+    float64. A float32 X equals the float64 one cast to float32, for a method whose
+    engine computes in float32 anyway (XGBoost).
+    """
     assert ctx.model is not None
     table: pa.Table = ctx.load_dataset()
     if rows is not None and len(rows) != table.num_rows:
         table = table.take(pa.array(rows))
+    # Memory the Parquet reader or the take freed stays with Arrow's allocator until
+    # released; X is allocated by NumPy, which cannot reuse it.
+    pa.default_memory_pool().release_unused()
     target = ctx.dataset.target
-    X = build_matrix(table, ctx.model, target=target)
+    X = np.empty((table.num_rows, ctx.model.n_features), dtype=dtype)
+    for start in range(0, max(table.num_rows, 1), _BLOCK_ROWS):
+        X[start:start + _BLOCK_ROWS] = build_matrix(table.slice(start, _BLOCK_ROWS),
+                                                    ctx.model, target=target)
     y = None
     if with_target:
         if target is None:
             raise Unprocessable("The dataset has no target column.", code="no_target")
         y = target_vector(table, target, ctx.model)
+    del table
+    pa.default_memory_pool().release_unused()
     return X, y
 
 

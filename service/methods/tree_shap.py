@@ -75,7 +75,9 @@ def run(ctx: RunContext[TreeShapParams]) -> JobOutput:
     assert ctx.model is not None
     rows = sample_rows(ctx.dataset.n_rows, params.max_rows, params.random_state)
     ctx.progress(0.0, "loading")
-    X, _ = model_inputs(ctx, rows)
+    # XGBoost reads float32: building X in float32 gives the same values with half the
+    # memory and no second copy inside the explainer.
+    X, _ = model_inputs(ctx, rows, dtype=np.float32)
     names = feature_names(ctx.model, check_compatible(
         ctx.dataset.column_types(), ctx.model, target=ctx.dataset.target))
     ensemble = ctx.load_model().tree_ensemble()
