@@ -90,7 +90,7 @@ def run(ctx: RunContext[FeatureVectorsJobParams]) -> JobOutput:
     if ctx.model is None:
         ensemble, names, groups, model_note = _train_default_forest(ctx)
     else:
-        names = feature_names(ctx.model, _columns(ctx))
+        names = feature_names(ctx.model, model_columns(ctx))
         ensemble = ctx.load_model().tree_ensemble()
         groups, model_note = ctx.params.feature_groups, {"model": "uploaded"}
     try:
@@ -107,12 +107,6 @@ def run(ctx: RunContext[FeatureVectorsJobParams]) -> JobOutput:
                      array_labels={"cooccurrence": [str(n) for n in result.feature_names],
                                    "vectors": ["v1", "v2"]})
 
-
-def _columns(ctx: RunContext[FeatureVectorsJobParams]) -> list[str]:
-    from models.features import check_compatible
-
-    assert ctx.model is not None
-    return check_compatible(ctx.dataset.column_types(), ctx.model, target=ctx.dataset.target)
 
 
 def _train_default_forest(ctx: RunContext[FeatureVectorsJobParams]

@@ -32,10 +32,12 @@ def require_target(dataset: DatasetInfo) -> str:
     return dataset.target
 
 
-def model_columns(ctx: CheckContext[Any]) -> list[str]:
+def model_columns(ctx: CheckContext[Any] | RunContext[Any]) -> list[str]:
     """The dataset columns that feed the model, in model order (FeatureMismatch if not)."""
-    model = require_model(ctx)
-    return check_compatible(ctx.dataset.column_types(), model, target=ctx.dataset.target)
+    if ctx.model is None:
+        raise Unprocessable("This kind of job needs a model; send model_id.",
+                            code="model_required")
+    return check_compatible(ctx.dataset.column_types(), ctx.model, target=ctx.dataset.target)
 
 
 def feature_names(model: ModelInfo, columns: list[str]) -> list[str]:

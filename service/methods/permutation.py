@@ -76,7 +76,7 @@ def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
     assert y_index is not None
     # The method takes labels, as scikit-learn's y; the model's classes name them.
     y = np.asarray(ctx.model.classes)[y_index] if ctx.model.classes else y_index
-    names = feature_names(ctx.model, _dataset_names(ctx))
+    names = feature_names(ctx.model, model_columns(ctx))
     model = ctx.load_model()
     result = permutation_importance(
         model, X, y, scoring=params.scoring, n_repeats=params.n_repeats,
@@ -88,12 +88,6 @@ def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
                              **provenance(seed=params.random_state, rows_scored=len(rows))}
     return JobOutput(summary=summary, arrays=result.arrays())
 
-
-def _dataset_names(ctx: RunContext[PermutationImportanceParams]) -> list[str]:
-    from models.features import check_compatible
-
-    assert ctx.model is not None
-    return check_compatible(ctx.dataset.column_types(), ctx.model, target=ctx.dataset.target)
 
 
 register_kind(JobKind(

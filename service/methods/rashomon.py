@@ -100,7 +100,7 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     # when the dataset is far larger.
     X, y = model_inputs(ctx, None, with_target=True)
     assert y is not None
-    names = feature_names(ctx.model, _columns(ctx))
+    names = feature_names(ctx.model, model_columns(ctx))
     model = ctx.load_model()
     if model.task == "regression":
         def predict(rows: np.ndarray) -> np.ndarray:
@@ -118,12 +118,6 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     return JobOutput(summary=summary, arrays=result.arrays(),
                      device_used=getattr(model, "device_used", None))
 
-
-def _columns(ctx: RunContext[RashomonJobParams]) -> list[str]:
-    from models.features import check_compatible
-
-    assert ctx.model is not None
-    return check_compatible(ctx.dataset.column_types(), ctx.model, target=ctx.dataset.target)
 
 
 class HaloOptions(BaseModel):

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from explainers.tree_shap import TreeShap, TreeShapSummary
 from explainers.tree_shap_figures import draw_importance, draw_interactions, draw_summary
-from models.features import check_compatible
 from service.errors import Unprocessable
 from service.jobs.kinds import CheckContext, JobKind, JobOutput, PlotSpec, RunContext, register_kind
 from service.methods.inputs import (
@@ -78,8 +77,7 @@ def run(ctx: RunContext[TreeShapParams]) -> JobOutput:
     # XGBoost reads float32: building X in float32 gives the same values with half the
     # memory and no second copy inside the explainer.
     X, _ = model_inputs(ctx, rows, dtype=np.float32)
-    names = feature_names(ctx.model, check_compatible(
-        ctx.dataset.column_types(), ctx.model, target=ctx.dataset.target))
+    names = feature_names(ctx.model, model_columns(ctx))
     ensemble = ctx.load_model().tree_ensemble()
     if ensemble.feature_names is None:
         ensemble = replace(ensemble, feature_names=tuple(names))
