@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -103,11 +104,19 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     db.dispose()
     app = create_app(settings, migrate=False)
     workers = _start_workers(settings)
+    # uvicorn shuts down gracefully on SIGTERM, then restores the previous handler and
+    # raises the signal again; with the default handler the process would die there and
+    # leave its workers running. This handler turns it into an exit that stops them.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
         _stop_workers(workers)
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:

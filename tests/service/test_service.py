@@ -38,3 +38,41 @@ def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:
     assert_problem(client.get("/v1/nothing"), 404, "not_found")
     assert_problem(client.put("/v1/datasets"), 405, "method_not_allowed")
     assert_problem(client.get("/v1/datasets?limit=abc"), 422, "invalid_request")
+
+
+def test_serve_stops_its_workers_on_sigterm(tmp_path, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    import contextlib
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TABXAI_DATA_DIR": str(tmp_path), "TABXAI_DATABASE_URL": database_url,
+           "TABXAI_PORT": str(port), "TABXAI_WORKERS": "1"}
+    serve = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while time.monotonic() < deadline and not workers:
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            workers = [p for p in psutil.Process(serve.pid).children()
+                       if "worker" in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        assert workers, "tabxai serve started no worker"
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers outlived tabxai serve: {alive}"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
