@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from models.inspection import ModelInfo, inspect_model
 from service.catalog.tables import DatasetRecord, ModelRecord
-from service.catalog.tabular import TableInfo, inspect_table, resolve_format
+from service.catalog.tabular import Column, TableInfo, inspect_table, read_rows, resolve_format
 from service.config import Settings
 from service.db import Database
 from service.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -72,8 +72,6 @@ def create_dataset(session: Session, workspace_id: str, upload: ReceivedUpload, 
 
 
 def table_info(record: DatasetRecord) -> TableInfo:
-    from service.catalog.tabular import Column
-
     opts = record.read_options or {}
     return TableInfo(
         record.format,  # type: ignore[arg-type]
@@ -98,8 +96,6 @@ def list_datasets(session: Session, workspace_id: str, *, limit: int, cursor: st
 
 def dataset_rows(db: Database, record: DatasetRecord, *, offset: int, limit: int
                  ) -> list[list[Any]]:
-    from service.catalog.tabular import read_rows
-
     if offset >= record.n_rows:
         return []
     reader = BlobReader(db, record.blob_id)
