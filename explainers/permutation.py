@@ -19,13 +19,13 @@ Groups of features (which scikit-learn does not have) get one row permutation ap
 to all their columns together.
 
 Speed: features run in threads (predict calls release the GIL); each thread owns one
-working copy of the rows and restores a column after its repeats. For XGBoost-exportable
-regression tree ensembles, a feature that only some trees split on is re-scored by
-re-evaluating those trees alone and re-adding every tree's output in the library's own
-float32 order, which is checked bit for bit against the model's predictions first and
-abandoned for the plain path when it does not match. Other libraries (LightGBM, forests)
-and XGBoost classifiers (whose float32 sigmoid numpy does not reproduce bit for bit) take
-the plain path.
+working copy of the rows and restores a column after its repeats. For XGBoost gbtree
+models (regressors and classifiers), a feature that only some trees split on is re-scored
+by evaluating those trees alone, in one call, and re-adding every tree's output in the
+library's own float32 order, with the objective applied by XGBoost itself; the result is
+checked bit for bit against the model's predictions first and abandoned for the plain
+path when it does not match. Other libraries (LightGBM, forests) take the plain path:
+they sum trees in float64 in an order this module does not reproduce.
 """
 
 from __future__ import annotations
@@ -270,6 +270,7 @@ def permutation_importance(
     features: Sequence[str] | Sequence[Sequence[str]] | None = None,
     n_jobs: int = -1,
     device: str = "cpu",
+    path: Literal["auto", "plain", "tree_subset"] = "auto",
     progress: ProgressCallback = no_progress,
 ) -> PermutationResult:
     """Permutation importance of each feature (or group) of ``model`` on ``X``, ``y``.
@@ -282,8 +283,13 @@ def permutation_importance(
     max_samples: rows per feature's repeats, a fraction in (0, 1] or a count <= n_rows;
         the baseline score always uses every row (as scikit-learn does).
     features: names, or lists of names permuted together; default every feature.
-    n_jobs: threads over features; -1 means every core.
+    n_jobs: threads over features; -1 means every core. ONNX models take one feature
+        at a time whatever n_jobs says: onnxruntime runs each call on its own threads.
     device: passed to ``model.predict``.
+    path: "auto" re-evaluates only the trees that split on a permuted feature where that
+        is exact and measured to be cheaper; "tree_subset" uses that path wherever it is
+        exact (for tests); "plain" always calls ``model.predict``. The numbers are the
+        same on every path.
     progress: called after each feature with the fraction done; may raise Cancelled.
 
     Equal to ``sklearn.inspection.permutation_importance(estimator, X, y, scoring=...,
@@ -303,7 +309,11 @@ def permutation_importance(
         random_state=random_state, max_samples=max_samples, features=features,
         classes=getattr(model, "classes", None),
         response_methods=getattr(model, "response_methods", None), n_rows=X.shape[0])
+    # onnxruntime spreads one call over every core already; two callers sharing its
+    # thread pool were measured slower per call (10.6 ms against 6.0 ms, 50k-row MLP).
     workers = _n_workers(n_jobs, len(params.groups))
+    if getattr(model, "format", None) == "onnx":
+        workers = 1
     started = time.perf_counter()
     scorer = _PredictionScorer(model, params, device)
 
@@ -311,8 +321,11 @@ def permutation_importance(
     rows, permutations = _permutations(X.shape[0], params)
     X_rows = X if rows is None else X[rows]
     y_rows = y if rows is None else y[rows]
-    engine = _TreeSubset.build(model, X_rows, params, scorer, device)
-    path = "tree_subset" if engine is not None else "plain"
+    if path not in ("auto", "plain", "tree_subset"):
+        raise PermutationParamsError(
+            f"path must be 'auto', 'plain' or 'tree_subset', got {path!r}.")
+    engine = _TreeSubset.build(model, X_rows, params, scorer, device, path)
+    used_path = "tree_subset" if engine is not None else "plain"
 
     scores = np.empty((len(params.groups), params.n_repeats), dtype=np.float64)
     stop = threading.Event()
@@ -341,10 +354,10 @@ def permutation_importance(
         "library_versions": _versions(), "device": device, "n_rows": int(X.shape[0]),
         "n_rows_permuted": int(X_rows.shape[0]), "random_state": params.random_state,
         "max_samples": params.max_samples, "response_method": params.response_method,
-        "path": path, "n_jobs": workers,
+        "path": used_path, "n_jobs": workers,
         "seconds": round(time.perf_counter() - started, 3)}
     logger.info("permutation importance done", extra={
-        "event": "permutation_importance", "path": path, "n_groups": len(params.groups),
+        "event": "permutation_importance", "path": used_path, "n_groups": len(params.groups),
         "seconds": provenance["seconds"]})
     return PermutationResult(
         scoring=params.scoring, baseline_score=float(baseline_score),
@@ -416,6 +429,9 @@ class _PredictionScorer:
             assert self.classes is not None
             pos_label = _positive_label(self.scorer, self.classes)
             self.pos_index = int(np.flatnonzero(self.classes == pos_label)[0])
+        # XGBClassifier.predict_proba returns float32, and scikit-learn's log loss clips
+        # and sums in the dtype it is given: score what the estimator would return.
+        self.float32_probabilities = getattr(model, "format", None) == "xgboost"
         self.output: Output = {"predict": "label", "predict_proba": "probability",
                                "decision_function": "raw"}[self.method]  # type: ignore[assignment]
 
@@ -430,6 +446,8 @@ class _PredictionScorer:
                 return raw.reshape(-1) if raw.ndim == 2 and raw.shape[1] == 1 else raw
             return self.classes[np.asarray(raw).reshape(-1).astype(np.intp)]
         if self.method == "predict_proba":
+            if self.float32_probabilities:  # lossless: the library computed them in float32
+                raw = raw.astype(np.float32)
             return raw[:, self.pos_index] if self.pos_index is not None else raw
         if self.pos_index is not None:  # binary decision_function: 1-D, sign for classes[1]
             margin = raw.reshape(-1) if raw.ndim == 1 or raw.shape[1] == 1 else raw[:, -1]
@@ -444,91 +462,225 @@ class _PredictionScorer:
 class _TreeSubset:
     """Re-scores a permuted feature by re-evaluating only the trees that split on it.
 
-    XGBoost adds each iteration's leaf values to a float32 accumulator in tree order,
-    starting from the base score. We keep every iteration's float32 output on the
-    unpermuted rows and the running float32 sums, re-evaluate the touched iterations with
-    ``iteration_range`` on an exported Booster, and re-add in the same order — the same
-    float32 operations as the library, so the same bits. XGBoost regression with identity
-    link and one tree per iteration only (the model's own Booster: an export of another
-    library's trees holds them all in one iteration); anything else, or a failed bitwise
-    check on the unpermuted rows, uses the plain path.
+    XGBoost starts every row at the base margin and adds each tree's leaf value to its
+    output group's float32 accumulator in tree order. We keep every tree's float32 output
+    on the unpermuted rows and each accumulator's value before every tree. For a group of
+    permuted columns, the trees that split on them are evaluated in ONE call of a booster
+    that holds just those trees, one output per tree (so each output is that tree's leaf
+    value, exactly); every accumulator is then re-added from the first changed tree in the
+    library's own order — the same float32 operations as the library, so the same bits —
+    and the model's objective is applied by XGBoost itself
+    (``LoadedModel.predict_from_margin``). XGBoost gbtree models with scalar leaves on the
+    CPU; the whole construction is checked bit for bit against the model's predictions on
+    the unpermuted rows and abandoned for the plain path when it does not match.
+
+    Cost: a call with k trees costs about k/T of a full predict (plus a fixed cost per
+    row for reading the features), so wide data, where each tree uses few of the columns,
+    gains most. A group whose trees are measured to cost more than a full predict takes
+    the plain path.
     """
 
-    def __init__(self, booster: Any, per_iteration: list[frozenset[int]],
-                 values: np.ndarray, prefix: np.ndarray, scorer: _PredictionScorer,
-                 max_touched: int) -> None:
-        self.booster = booster
-        self.per_iteration = per_iteration
-        self.values = values  # float32 [n_iter, n_rows], iteration 0 includes the base
-        self.prefix = prefix  # float32 [n_iter, n_rows], sum of iterations before t
+    # per-tree outputs and running sums: two float32 per row and tree
+    MAX_BYTES = 1 << 30
+
+    def __init__(self, model: Any, scorer: _PredictionScorer, trees: _BoosterTrees,
+                 values: np.ndarray, prefix: np.ndarray, margin: np.ndarray,
+                 seconds_per_tree: float, seconds_full: float, forced: bool) -> None:
+        self.model = model
         self.scorer = scorer
-        self.zero_margin = np.zeros(values.shape[1], dtype=np.float32)
-        self.max_touched = max_touched
+        self.trees = trees
+        self.values = values  # float32 [n_trees, n_rows]: each tree's leaf values
+        self.prefix = prefix  # float32 [n_trees, n_rows]: its group's sum before the tree
+        self.margin = margin  # float32 [n_rows, n_outputs]: the unpermuted margins
+        self.seconds_per_tree = seconds_per_tree
+        self.seconds_full = seconds_full
+        self.forced = forced
 
     @classmethod
     def build(cls, model: Predictor, X: np.ndarray, params: PermutationParams,
-              scorer: _PredictionScorer, device: str) -> _TreeSubset | None:
-        if model.task != "regression" or getattr(model, "kind", None) != "tree" \
-                or params.response_method != "predict" or device != "cpu":
+              scorer: _PredictionScorer, device: str, path: str) -> _TreeSubset | None:
+        if path == "plain" or device != "cpu" or getattr(model, "kind", None) != "tree" \
+                or getattr(model, "format", None) != "xgboost" \
+                or not hasattr(model, "predict_from_margin"):
             return None
         native = getattr(model, "native", None)
-        if getattr(model, "format", None) != "xgboost" \
-                or not type(native).__module__.startswith("xgboost"):
+        if not type(native).__module__.startswith("xgboost"):
             return None
-        from models.readers import NotATreeModel
-
-        try:
-            ensemble = model.tree_ensemble()  # type: ignore[attr-defined]
-        except NotATreeModel:
+        trees = _BoosterTrees.read(native)
+        n_outputs = int(getattr(model, "n_outputs", 1))
+        if trees is None or max(trees.groups, default=0) >= n_outputs:
             return None
-        if ensemble.n_outputs != 1 or ensemble.link != "identity":
+        n = X.shape[0]
+        if 2 * trees.n_trees * n * 4 > cls.MAX_BYTES or trees.n_trees == 0:
             return None
-        booster = native
-        if booster.num_boosted_rounds() != ensemble.n_trees:
-            return None
-        per_iteration = [frozenset(int(f) for f in t.feature[t.feature >= 0])
-                         for t in ensemble.trees]
-        zero = np.zeros(X.shape[0], dtype=np.float32)
-        values = np.empty((len(per_iteration), X.shape[0]), dtype=np.float32)
+        started = time.perf_counter()
+        expected = scorer.predict(X)
+        seconds_full = time.perf_counter() - started
+        started = time.perf_counter()
+        values = np.ascontiguousarray(trees.evaluate(X, tuple(range(trees.n_trees))).T)
+        seconds_per_tree = (time.perf_counter() - started) / trees.n_trees
+        base = trees.base_margin(n_outputs)
         prefix = np.empty_like(values)
-        acc = np.zeros(X.shape[0], dtype=np.float32)
-        started = time.perf_counter()
-        for t in range(len(per_iteration)):
-            values[t] = booster.inplace_predict(
-                X, iteration_range=(t, t + 1), predict_type="margin",
-                base_margin=None if t == 0 else zero)
-            prefix[t] = acc
-            acc += values[t]
-        per_tree = (time.perf_counter() - started) / len(per_iteration)
-        started = time.perf_counter()
-        expected = np.asarray(scorer.predict(X), dtype=np.float64).reshape(-1)
-        full = time.perf_counter() - started
-        if not np.array_equal(acc.astype(np.float64), expected, equal_nan=True):
+        margin = np.empty((n, n_outputs), dtype=np.float32)
+        for g in range(n_outputs):
+            acc = np.full(n, base[g], dtype=np.float32)
+            for t in trees.of_group[g]:
+                prefix[t] = acc
+                acc += values[t]
+            margin[:, g] = acc
+        engine = cls(model, scorer, trees, values, prefix, margin, seconds_per_tree,
+                     seconds_full, forced=path == "tree_subset")
+        if not _same_bits(engine._from_margin(margin), expected):
             logger.info("tree subset path disabled: it does not reproduce the model's "
                         "predictions bit for bit", extra={"event": "permutation_tree_path"})
             return None
-        # Re-evaluate a group's trees one by one only while that is measured to be
-        # cheaper than one full predict (each call has a fixed cost).
-        max_touched = int(full / per_tree)
-        if all(sum(1 for used in per_iteration if used.intersection(group)) > max_touched
-               for group in params.groups):
+        if not engine.forced and not any(engine.worth_it(group) for group in params.groups):
             return None
-        return cls(booster, per_iteration, values, prefix, scorer, max_touched)
+        return engine
+
+    def worth_it(self, cols: Sequence[int]) -> bool:
+        touched = self.trees.touched(cols)
+        return self.forced or len(touched) * self.seconds_per_tree < 0.8 * self.seconds_full
 
     def predict(self, X: np.ndarray, cols: Sequence[int]) -> np.ndarray:
-        touched = [t for t, used in enumerate(self.per_iteration)
-                   if any(c in used for c in cols)]
-        if len(touched) > self.max_touched:
+        if not self.worth_it(cols):
             return self.scorer.predict(X)
-        if not touched:
-            return (self.prefix[-1] + self.values[-1]).astype(np.float64)
-        new = {t: self.booster.inplace_predict(
-            X, iteration_range=(t, t + 1), predict_type="margin",
-            base_margin=None if t == 0 else self.zero_margin) for t in touched}
-        acc = self.prefix[touched[0]].copy()
-        for t in range(touched[0], len(self.per_iteration)):
-            acc += new[t] if t in new else self.values[t]
-        return acc.astype(np.float64)
+        touched = self.trees.touched(cols)
+        margin = self.margin.copy()
+        if touched:
+            new = np.ascontiguousarray(self.trees.evaluate(X, touched).T)
+            changed = dict(zip(touched, new, strict=True))
+            for g, group_trees in enumerate(self.trees.of_group):
+                first = next((i for i, t in enumerate(group_trees) if t in changed), None)
+                if first is None:
+                    continue
+                acc = self.prefix[group_trees[first]].copy()
+                for t in group_trees[first:]:
+                    acc += changed[t] if t in changed else self.values[t]
+                margin[:, g] = acc
+        return self._from_margin(margin)
+
+    def _from_margin(self, margin: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_from_margin(margin, output=self.scorer.output))
+
+
+class _BoosterTrees:
+    """The trees of an XGBoost gbtree Booster, evaluated in any subset, one output each.
+
+    ``evaluate(X, trees)`` loads (once per subset) a booster holding exactly those trees
+    as a multi-target regression model with tree j feeding output j and predicts with a
+    zero base margin, so output j is tree j's leaf value for every row.
+    """
+
+    def __init__(self, header: str, trees: list[str], groups: list[int],
+                 features: list[frozenset[int]], nthread: int, identity: Any) -> None:
+        self.header = header  # the model's JSON with a placeholder for the trees
+        self.tree_json = trees  # each tree's JSON object, without its "id"
+        self.groups = groups  # output group of each tree
+        self.features = features  # features each tree splits on
+        self.nthread = nthread
+        self.identity = identity
+        self.of_group = [[t for t, g in enumerate(groups) if g == k]
+                         for k in range(max(groups, default=-1) + 1)]
+        self._boosters: dict[tuple[int, ...], Any] = {}
+        self._touched: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def n_trees(self) -> int:
+        return len(self.groups)
+
+    @classmethod
+    def read(cls, booster: Any) -> _BoosterTrees | None:
+        import json
+
+        from models.errors import UnsupportedOutput
+        from models.loading import _booster_nthread, identity_booster
+
+        try:
+            identity = identity_booster(booster)
+        except UnsupportedOutput:
+            return None
+        doc = json.loads(bytes(booster.save_raw("json")))
+        learner = doc["learner"]
+        model = learner["gradient_booster"]["model"]
+        trees = model["trees"]
+        groups = [int(g) for g in model["tree_info"]]
+        if any(float(w) != 1.0 for w in model.pop("weight_drop", None) or ()):
+            return None  # dropout-weighted trees (DART): their outputs are scaled
+        if any(int(t["tree_param"].get("size_leaf_vector", "1")) > 1 for t in trees):
+            return None
+        features = [frozenset(int(f) for f, left in zip(t["split_indices"],
+                                                        t["left_children"], strict=True)
+                              if left != -1) for t in trees]
+        tree_json = [json.dumps({k: v for k, v in t.items() if k != "id"})[1:]
+                     for t in trees]
+        learner["objective"] = {"name": "reg:squarederror",
+                                "reg_loss_param": {"scale_pos_weight": "1"}}
+        learner["attributes"] = {}
+        params = learner["learner_model_param"]
+        params["num_class"] = "0"
+        params["num_target"] = "@@K@@"
+        params["base_score"] = "@@BASE@@"
+        model["trees"] = ["@@TREES@@"]
+        model["tree_info"] = ["@@INFO@@"]
+        model["iteration_indptr"] = ["@@INDPTR@@"]
+        model["gbtree_model_param"] = {**model["gbtree_model_param"],
+                                       "num_trees": "@@K@@", "num_parallel_tree": "1"}
+        return cls(json.dumps(doc), tree_json, groups, features, _booster_nthread(booster),
+                   identity)
+
+    def touched(self, cols: Sequence[int]) -> tuple[int, ...]:
+        key = tuple(cols)
+        found = self._touched.get(key)
+        if found is None:
+            wanted = set(cols)
+            found = tuple(t for t, used in enumerate(self.features) if used & wanted)
+            self._touched[key] = found
+        return found
+
+    def base_margin(self, n_outputs: int) -> np.ndarray:
+        """The float32 value XGBoost starts each output's accumulator from."""
+        base = self.identity.inplace_predict(np.zeros((1, 1), dtype=np.float32),
+                                             predict_type="margin")
+        return np.asarray(base, dtype=np.float32).reshape(-1)[:n_outputs]
+
+    def evaluate(self, X: np.ndarray, trees: tuple[int, ...]) -> np.ndarray:
+        """float32 [n_rows, len(trees)]: each tree's leaf value for each row of X."""
+        booster = self._booster(trees)
+        k = len(trees)
+        out = booster.inplace_predict(X, predict_type="margin",
+                                      base_margin=np.zeros((X.shape[0], k), dtype=np.float32))
+        return np.asarray(out, dtype=np.float32).reshape(X.shape[0], k)
+
+    def _booster(self, trees: tuple[int, ...]) -> Any:
+        booster = self._boosters.get(trees)
+        if booster is not None:
+            return booster
+        import xgboost
+
+        k = len(trees)
+        text = (self.header
+                .replace('"@@TREES@@"', ",".join(f'{{"id":{j},{self.tree_json[t]}'
+                                                 for j, t in enumerate(trees)))
+                .replace('"@@INFO@@"', ",".join(str(j) for j in range(k)))
+                .replace('"@@INDPTR@@"', f"0,{k}")
+                .replace("@@K@@", str(k))
+                .replace("@@BASE@@", "[" + ",".join(["0"] * k) + "]"))
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(text.encode()))
+        booster.set_param({"nthread": self.nthread})
+        with self._lock:
+            if len(self._boosters) > 4096:
+                self._boosters.clear()
+            self._boosters[trees] = booster
+        return booster
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(
+        a, b, equal_nan=a.dtype.kind == "f")
 
 
 def _choose_response_method(scoring: str, task: str,

@@ -144,6 +144,25 @@ class LoadedModel:
         parts = [compute(X[start : start + batch_rows]) for start in range(0, n, batch_rows)]
         return self._finish(np.concatenate(parts, axis=0), output)
 
+    def predict_from_margin(self, margin: npt.ArrayLike, *,
+                            output: Output = "raw") -> npt.NDArray[Any]:
+        """What :meth:`predict` returns for rows whose raw margin is ``margin``.
+
+        For XGBoost gbtree models only: ``margin`` is float32 [n, n_outputs] summed the
+        way XGBoost sums it (see ``explainers.permutation``); the objective's transform
+        is XGBoost's own, so the result equals ``predict`` on those rows bit for bit.
+        Raises UnsupportedOutput for other models.
+        """
+        from_margin = getattr(self._predictor, "from_margin", None)
+        if from_margin is None:
+            raise UnsupportedOutput(
+                f"A {self.format} model gives no predictions from margins; call predict.")
+        if output == "probability" and self.task == "regression":
+            raise UnsupportedOutput(
+                "A regression model gives no probabilities; ask for output='raw' or 'label'."
+            )
+        return self._finish(from_margin(margin, output), output)
+
     def _finish(self, values: npt.NDArray[Any], output: Output) -> npt.NDArray[Any]:
         if output == "label":
             dtype = np.float64 if self.task == "regression" else np.int64

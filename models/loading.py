@@ -244,6 +244,7 @@ class _XGBoostPredictor:
         self._objective = objective
         self._n_outputs = n_outputs
         self._device = "cpu"
+        self._identity: Any = None
 
     def use_device(self, device: Device) -> str:
         if device == "cuda" and self._device != "cuda" and _xgboost_cuda_available():
@@ -254,7 +255,15 @@ class _XGBoostPredictor:
             self._device = "cpu"
         return self._device
 
-    def _inplace(self, X: npt.NDArray[np.float64], predict_type: str) -> npt.NDArray[Any]:
+    def _inplace(self, X: npt.NDArray[np.float64] | None, predict_type: str,
+                 margin: npt.NDArray[np.float32] | None = None) -> npt.NDArray[Any]:
+        if margin is not None:
+            if predict_type == "margin":
+                return margin
+            return self._identity_booster().inplace_predict(  # type: ignore[no-any-return]
+                np.zeros((margin.shape[0], 1), dtype=np.float32), predict_type=predict_type,
+                base_margin=margin)
+        assert X is not None
         if self._device == "cuda":
             import cupy
 
@@ -263,25 +272,95 @@ class _XGBoostPredictor:
             )
         return self._booster.inplace_predict(X, predict_type=predict_type)  # type: ignore[no-any-return]
 
-    def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        return np.asarray(self._inplace(X, "margin"), dtype=np.float64).reshape(
-            X.shape[0], self._n_outputs
+    def raw(self, X: npt.NDArray[np.float64] | None,
+            margin: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float64]:
+        n = X.shape[0] if X is not None else margin.shape[0]  # type: ignore[union-attr]
+        return np.asarray(self._inplace(X, "margin", margin), dtype=np.float64).reshape(
+            n, self._n_outputs
         )
 
-    def probability(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    def probability(self, X: npt.NDArray[np.float64] | None,
+                    margin: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float64]:
         if self._objective in ("binary:logistic", "binary:hinge"):
-            return _two_columns(self._inplace(X, "value"))
+            return _two_columns(self._inplace(X, "value", margin))
         if self._objective == "multi:softprob":
-            return np.asarray(self._inplace(X, "value"), dtype=np.float64)
+            return np.asarray(self._inplace(X, "value", margin), dtype=np.float64)
         if self._objective.startswith("multi:"):
-            return _softmax(self.raw(X))
-        return _two_columns(_sigmoid(self.raw(X)))
+            return _softmax(self.raw(X, margin))
+        return _two_columns(_sigmoid(self.raw(X, margin)))
 
-    def label(self, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+    def label(self, X: npt.NDArray[np.float64] | None,
+              margin: npt.NDArray[np.float32] | None = None) -> npt.NDArray[Any]:
         if self._objective.startswith(("binary:", "multi:")):
-            return np.argmax(self.probability(X), axis=1)
-        value = np.asarray(self._inplace(X, "value"), dtype=np.float64)
-        return value.reshape(X.shape[0], -1) if self._n_outputs > 1 else value.reshape(-1)
+            return np.argmax(self.probability(X, margin), axis=1)
+        n = X.shape[0] if X is not None else margin.shape[0]  # type: ignore[union-attr]
+        value = np.asarray(self._inplace(X, "value", margin), dtype=np.float64)
+        return value.reshape(n, -1) if self._n_outputs > 1 else value.reshape(-1)
+
+    def from_margin(self, margin: npt.NDArray[np.float32], output: str) -> npt.NDArray[Any]:
+        """What ``raw``/``probability``/``label`` give for rows whose margin is ``margin``.
+
+        margin: float32 [n, n_outputs], accumulated as XGBoost accumulates it (base score,
+        then each tree's leaf value in tree order). The objective's transform is XGBoost's
+        own: a booster with one leaf of value 0 and this model's objective adds 0 to the
+        margin and applies it, so the result is the model's prediction bit for bit.
+        """
+        margin = np.ascontiguousarray(margin, dtype=np.float32).reshape(-1, self._n_outputs)
+        compute = {"raw": self.raw, "probability": self.probability, "label": self.label}
+        return compute[output](None, margin)
+
+    def _identity_booster(self) -> Any:
+        if self._identity is None:
+            self._identity = identity_booster(self._booster)
+        return self._identity
+
+
+def identity_booster(booster: Any) -> Any:
+    """A booster with ``booster``'s objective and base score, one feature and one tree
+    whose single leaf is 0: with ``base_margin=m`` its "value" prediction is the
+    objective's transform of ``m`` and its "margin" prediction without one is the base
+    margin XGBoost starts every row from."""
+    import xgboost
+
+    doc = json.loads(bytes(booster.save_raw("json")))
+    learner = doc["learner"]
+    gbtree = learner["gradient_booster"]
+    if gbtree.get("name") != "gbtree":
+        raise UnsupportedOutput("only gbtree XGBoost models give predictions from margins")
+    learner["learner_model_param"]["num_feature"] = "1"
+    learner["feature_names"] = []
+    learner["feature_types"] = []
+    learner["attributes"] = {}
+    model = gbtree["model"]
+    model.pop("weight_drop", None)  # dropout weights of trees that are not here
+    model["trees"] = [_leaf_tree(0, 0.0)]
+    model["tree_info"] = [0]
+    model["gbtree_model_param"] = {**model["gbtree_model_param"],
+                                   "num_trees": "1", "num_parallel_tree": "1"}
+    model["iteration_indptr"] = [0, 1]
+    identity = xgboost.Booster()
+    identity.load_model(bytearray(json.dumps(doc).encode()))
+    identity.set_param({"nthread": _booster_nthread(booster)})
+    return identity
+
+
+def _leaf_tree(tree_id: int, value: float) -> dict[str, Any]:
+    """An XGBoost JSON tree of one leaf."""
+    return {
+        "id": tree_id,
+        "tree_param": {"num_nodes": "1", "size_leaf_vector": "1", "num_feature": "1",
+                       "num_deleted": "0"},
+        "loss_changes": [0.0], "sum_hessian": [0.0], "base_weights": [value],
+        "left_children": [-1], "right_children": [-1], "parents": [2147483647],
+        "split_indices": [0], "split_conditions": [value], "split_type": [0],
+        "default_left": [0], "categories": [], "categories_nodes": [],
+        "categories_segments": [], "categories_sizes": [],
+    }
+
+
+def _booster_nthread(booster: Any) -> int:
+    config = json.loads(booster.save_config())
+    return int(config["learner"]["generic_param"].get("nthread", "0") or 0)
 
 
 _xgboost_cuda: bool | None = None

@@ -109,11 +109,14 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     else:
         def predict(rows: np.ndarray) -> np.ndarray:
             return model.predict(rows, output="probability", device=ctx.device)
-    # The predict calls are many and small; BLAS threads only add hand-offs to them.
+    # The predict calls are many and small: BLAS threads inside one call only add
+    # hand-offs, so the worker's cores run whole calls side by side instead (the numbers
+    # do not depend on it).
     with threadpool_limits(limits=1, user_api="blas"):
         result = rashomon_interactions(
             predict, X, y, task=model.task,  # type: ignore[arg-type]
-            feature_names=names, params=params, batch_rows=BATCH_ROWS, n_jobs=1,
+            feature_names=names, params=params, batch_rows=BATCH_ROWS,
+            n_jobs=max(1, ctx.n_threads),
             progress=ctx.progress)
     summary = result.summary()
     summary["provenance"] = {**summary.get("provenance", {}),

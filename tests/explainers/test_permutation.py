@@ -61,10 +61,11 @@ class EstimatorModel:
 
 
 def assert_same_as_sklearn(model: Any, estimator: Any, X: np.ndarray, y: np.ndarray,
-                           scoring: str, **options: Any) -> None:
+                           scoring: str, path: str = "auto", **options: Any) -> None:
     names = [f"x{j}" for j in range(X.shape[1])]
     ours = permutation_importance(model, X, y, scoring=scoring, feature_names=names,
-                                  n_jobs=2, n_repeats=3, random_state=7, **options)
+                                  n_jobs=2, n_repeats=3, random_state=7, path=path,
+                                  **options)
     reference = sklearn_permutation_importance(estimator, X, y, scoring=scoring,
                                                n_repeats=3, random_state=7, **options)
     np.testing.assert_allclose(ours.importances, reference.importances, rtol=0, atol=TOL)
@@ -228,7 +229,8 @@ def test_sequential_equals_parallel(regression_data):
     np.testing.assert_array_equal(runs[0].importances, runs[1].importances)
 
 
-def test_tree_subset_path_equals_plain_path_and_sklearn(tmp_path):
+@pytest.mark.parametrize("fmt", ["model.json", "model.ubj"])
+def test_tree_subset_path_equals_plain_path_and_sklearn(fmt, tmp_path):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(300, 40))
     X[rng.random(X.shape) < 0.05] = np.nan
@@ -237,16 +239,60 @@ def test_tree_subset_path_equals_plain_path_and_sklearn(tmp_path):
     names = [f"x{j}" for j in range(X.shape[1])]
     options = dict(feature_names=names, n_repeats=3, n_jobs=2, max_samples=0.8,
                    features=names[:12] + [["x3", "x30"], "x38", "x39"])
-    est.get_booster().save_model(tmp_path / "model.ubj")
-    tree = permutation_importance(saved(tmp_path / "model.ubj", "xgboost"), X, y, **options)
-    plain = permutation_importance(EstimatorModel(est, "regression"), X, y, **options)
+    est.get_booster().save_model(tmp_path / fmt)
+    model = saved(tmp_path / fmt, "xgboost")
+    tree = permutation_importance(model, X, y, path="tree_subset", **options)
+    plain = permutation_importance(model, X, y, path="plain", **options)
+    auto = permutation_importance(model, X, y, **options)
     assert tree.provenance["path"] == "tree_subset"
     assert plain.provenance["path"] == "plain"
     np.testing.assert_array_equal(tree.importances, plain.importances)
+    np.testing.assert_array_equal(auto.importances, plain.importances)
     reference = sklearn_permutation_importance(est, X, y, n_repeats=3, random_state=0,
                                                max_samples=0.8)
     np.testing.assert_allclose(tree.importances[:12], reference.importances[:12],
                                rtol=0, atol=TOL)
+    assert np.abs(reference.importances).max() > 1e-3
+
+
+@pytest.mark.parametrize("scoring", ["accuracy", "roc_auc", "neg_log_loss"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("path", ["tree_subset", "plain"])
+def test_xgboost_classifier_matches_sklearn_on_both_paths(scoring, n_classes, path,
+                                                          tmp_path):
+    if scoring == "roc_auc" and n_classes == 3:
+        scoring = "roc_auc_ovr"
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 15))
+    X[rng.random(X.shape) < 0.03] = np.nan
+    z = np.nan_to_num(X)
+    score = z[:, 0] + z[:, 1] * z[:, 2] + 0.3 * rng.normal(size=400)
+    y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]))
+    est = xgboost.XGBClassifier(n_estimators=30, max_depth=3, n_jobs=1).fit(X, y)
+    est.get_booster().save_model(tmp_path / "model.json")
+    model = saved(tmp_path / "model.json", "xgboost", classes=list(range(n_classes)))
+    assert_same_as_sklearn(model, est, X, y, scoring, path=path)
+    names = [f"x{j}" for j in range(X.shape[1])]
+    used = permutation_importance(model, X, y, scoring=scoring, feature_names=names,
+                                  n_repeats=1, path=path).provenance["path"]
+    assert used == path
+
+
+def test_tree_subset_path_is_not_used_where_it_would_not_be_exact(tmp_path):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(200, 6))
+    y = X[:, 0] + X[:, 1] * X[:, 2]
+    names = [f"x{j}" for j in range(6)]
+    dart = xgboost.train({"booster": "dart", "max_depth": 3, "rate_drop": 0.2, "nthread": 1},
+                         xgboost.DMatrix(X, y), 10)
+    dart.save_model(tmp_path / "dart.json")
+    lgbm = lightgbm.LGBMRegressor(n_estimators=10, verbose=-1).fit(X, y)
+    lgbm.booster_.save_model(tmp_path / "model.txt")
+    for model in (saved(tmp_path / "dart.json", "xgboost"),
+                  saved(tmp_path / "model.txt", "lightgbm")):
+        result = permutation_importance(model, X, y, feature_names=names, n_repeats=2,
+                                        path="tree_subset")
+        assert result.provenance["path"] == "plain"
 
 
 def test_validation_errors_name_the_problem():

@@ -401,3 +401,38 @@ def test_onnx_zipmap_is_explained(model_data: tuple, tmp_path: Path) -> None:
     path.write_bytes(to_onnx(tree, X[:1].astype(np.float32), target_opset=17).SerializeToString())
     with pytest.raises(InvalidModel, match="zipmap"):
         load_model(path, format="onnx")
+
+
+@pytest.mark.parametrize("objective", ["reg:squarederror", "reg:logistic", "count:poisson",
+                                       "binary:logistic", "multi:softprob", "multi:softmax"])
+def test_xgboost_predictions_from_margins_are_the_models_own(objective, tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(500, 6))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    z = np.nan_to_num(X)
+    y = {"reg:squarederror": 2 * z[:, 0], "reg:logistic": (z[:, 0] > 0) * 1.0,
+         "count:poisson": np.exp(z[:, 0]).round(), "binary:logistic": (z[:, 0] > 0) * 1,
+         }.get(objective, (z[:, 0] > 0) * 1 + (z[:, 1] > 0.5))
+    params = {"objective": objective, "max_depth": 3, "nthread": 1}
+    if objective.startswith("multi:"):
+        params["num_class"] = 3
+    booster = xgboost.train(params, xgboost.DMatrix(X, y), 15)
+    booster.save_model(tmp_path / "model.json")
+    model = load_model(tmp_path / "model.json", format="xgboost", n_threads=1)
+    margin = booster.inplace_predict(X, predict_type="margin").astype(np.float32)
+    outputs = ["raw", "label"] + ([] if model.task == "regression" else ["probability"])
+    for output in outputs:
+        assert_array_equal(model.predict_from_margin(margin, output=output),
+                           model.predict(X, output=output))
+    # a different margin gives different predictions: the margin is really used
+    assert not np.array_equal(model.predict_from_margin(2 * margin + 1, output=outputs[-1]),
+                              model.predict(X, output=outputs[-1]))
+
+
+def test_predictions_from_margins_are_refused_for_other_libraries(tmp_path):
+    X = np.random.default_rng(0).normal(size=(100, 3))
+    est = lightgbm.LGBMRegressor(n_estimators=3, verbose=-1).fit(X, X[:, 0])
+    est.booster_.save_model(tmp_path / "model.txt")
+    model = load_model(tmp_path / "model.txt", format="lightgbm", n_threads=1)
+    with pytest.raises(UnsupportedOutput, match="call predict"):
+        model.predict_from_margin(np.zeros((100, 1), dtype=np.float32))
