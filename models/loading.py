@@ -696,6 +696,12 @@ def _is_sklearn_tree(estimator: Any) -> bool:
     )
 
 
+# A model fitted on a DataFrame warns about numpy input; the columns are already in its
+# order (models.features). Filtered once for the process: ``warnings.catch_warnings``
+# around each call is not thread-safe, and methods predict from several threads.
+warnings.filterwarnings("ignore", message="X does not have valid feature names")
+
+
 class _SklearnPredictor:
     def __init__(self, estimator: Any, task: str, n_outputs: int, decision: bool) -> None:
         self._estimator = estimator
@@ -707,11 +713,7 @@ class _SklearnPredictor:
         return "cpu"
 
     def _call(self, method: str, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
-        with warnings.catch_warnings():
-            # A model fitted on a DataFrame warns about numpy input; the columns are
-            # already in its order (models.features).
-            warnings.filterwarnings("ignore", message="X does not have valid feature names")
-            return np.asarray(getattr(self._estimator, method)(X))
+        return np.asarray(getattr(self._estimator, method)(X))
 
     def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if self._task == "regression":

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     job_memory_bytes: int = Field(8 * GiB, gt=0, description="Memory cap of one job process.")
     lease_seconds: float = Field(30.0, gt=0, description="How long a claimed job stays leased.")
     heartbeat_seconds: float = Field(5.0, gt=0)
-    poll_seconds: float = Field(0.5, gt=0, description="Queue polling interval (SQLite).")
+    poll_seconds: float = Field(0.2, gt=0, description="Queue polling interval (SQLite).")
     max_attempts: int = Field(3, ge=1)
     log_level: str = "INFO"
 

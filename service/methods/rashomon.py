@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any, Literal
 
 import numpy as np
+import sklearn
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from threadpoolctl import threadpool_limits
 
@@ -28,9 +29,17 @@ from service.methods.inputs import (
     rows_per_second,
 )
 
-# Rows per predict call: large enough to amortize the call, small enough that an MLP's
-# activations stay in cache (1M-row calls were 2-3x slower per row than 10k-row calls).
-BATCH_ROWS = 10_000
+# Rows per predict call: large enough to amortize the call's fixed cost, which holds the
+# GIL while other calls run side by side (on 2 cores, the diabetes MLP case of
+# bench/rashomon.py took 5.4-6.8 s with 10k-row calls and 4.3-4.9 s with 20k-40k), and a
+# batch's input within BATCH_BYTES (1M-row calls were 2-3x slower per row).
+BATCH_ROWS = 40_000
+BATCH_BYTES = 32 << 20
+
+
+def batch_rows_for(n_features: int) -> int:
+    """Rows per predict call for data with ``n_features`` columns."""
+    return max(1_000, min(BATCH_ROWS, BATCH_BYTES // (8 * max(1, n_features))))
 
 
 class RashomonJobParams(BaseModel):
@@ -103,19 +112,22 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     assert y is not None
     names = feature_names(ctx.model, model_columns(ctx))
     model = ctx.load_model()
-    if model.task == "regression":
-        def predict(rows: np.ndarray) -> np.ndarray:
-            return model.predict(rows, output="label", device=ctx.device)
-    else:
-        def predict(rows: np.ndarray) -> np.ndarray:
-            return model.predict(rows, output="probability", device=ctx.device)
+    output = "label" if model.task == "regression" else "probability"
+    # Every row the method predicts is a masked (scaled) or permuted copy of rows of X:
+    # when X is finite, so are they, and scikit-learn's finiteness check on each call (a
+    # pass over the batch, twice for a pipeline) can be skipped. Its config is per thread.
+    finite = bool(np.isfinite(X).all())
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        with sklearn.config_context(assume_finite=finite):
+            return model.predict(rows, output=output, device=ctx.device)
     # The predict calls are many and small: BLAS threads inside one call only add
     # hand-offs, so the worker's cores run whole calls side by side instead (the numbers
     # do not depend on it).
     with threadpool_limits(limits=1, user_api="blas"):
         result = rashomon_interactions(
             predict, X, y, task=model.task,  # type: ignore[arg-type]
-            feature_names=names, params=params, batch_rows=BATCH_ROWS,
+            feature_names=names, params=params, batch_rows=batch_rows_for(X.shape[1]),
             n_jobs=max(1, ctx.n_threads),
             progress=ctx.progress)
     summary = result.summary()

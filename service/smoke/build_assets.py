@@ -199,14 +199,14 @@ def _rashomon(assets_dir: Path, X: npt.NDArray[np.float64],
     (same loader, same batch size), with the job's params."""
     from explainers.rashomon import RashomonParams, rashomon_interactions
     from models.loading import load_model
-    from service.methods.rashomon import BATCH_ROWS
+    from service.methods.rashomon import batch_rows_for
 
     model = load_model(assets_dir / MODEL_FILES["onnx"], format="onnx",
                        feature_names=list(FEATURE_NAMES), task="binary")
     result = rashomon_interactions(
         lambda rows: model.predict(rows, output="probability"), X, y, task="binary",
         feature_names=FEATURE_NAMES, params=RashomonParams(**JOB_PARAMS["rashomon_interactions"]),
-        batch_rows=BATCH_ROWS, n_jobs=1)
+        batch_rows=batch_rows_for(X.shape[1]), n_jobs=1)
     summary = result.summary()
     return {
         "loss": summary["loss"],
