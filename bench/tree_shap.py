@@ -24,9 +24,10 @@ the explanation and storing every array (``shap_values``, ``row_index``,
 Every measurement is the best of ``--repeat`` runs. The job has fixed costs (a job
 process, reading the dataset, reading and exporting the model: the first line of the
 output measures them with a 100-row job), so the row counts must make the explanation
-dominate: 20,000 rows for values is the default. "of which queued" is the wait for the
-worker's claim, part of the job's time (on SQLite the worker polls every 0.5 s; on
-PostgreSQL a NOTIFY wakes it). The last column checks the job's arrays against the
+dominate: 50,000 rows for values and 10,000 (the job's default with interactions) for
+interactions are the defaults. "of which queued" is the wait for the worker's claim,
+part of the job's time (on SQLite the worker polls every 0.2 s; on PostgreSQL a NOTIFY
+wakes it). The last column checks the job's arrays against the
 reference's on the same rows (max |difference| / max |value|).
 """
 
@@ -465,9 +466,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pure", action="store_true",
                         help="benchmark the TreeShap class alone instead of the job")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--rows", type=int, default=20_000, help="rows for SHAP values")
-    parser.add_argument("--interaction-rows", type=int, default=2_000,
-                        help="rows for interactions (the job and XGBoost)")
+    parser.add_argument("--rows", type=int, default=50_000, help="rows for SHAP values")
+    parser.add_argument("--interaction-rows", type=int, default=10_000,
+                        help="rows for interactions (the job and XGBoost); 10,000 is the "
+                        "job's default max_rows with interactions")
     parser.add_argument("--shap-rows", type=int, default=2_000,
                         help="rows for shap.TreeExplainer values")
     parser.add_argument("--shap-interaction-rows", type=int, default=20,
