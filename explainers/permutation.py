@@ -474,24 +474,29 @@ class _TreeSubset:
     CPU; the whole construction is checked bit for bit against the model's predictions on
     the unpermuted rows and abandoned for the plain path when it does not match.
 
-    Cost: a call with k trees costs about k/T of a full predict (plus a fixed cost per
-    row for reading the features), so wide data, where each tree uses few of the columns,
-    gains most. A group whose trees are measured to cost more than a full predict takes
-    the plain path.
+    Cost: a call with k trees costs about k/T of a full predict plus a fixed cost for
+    reading each row's features, so wide data, where each tree uses few of the columns,
+    gains most. Both costs are measured on the rows; a group whose call would cost more
+    than 0.8 of a full predict takes the plain path.
     """
 
     # per-tree outputs and running sums: two float32 per row and tree
-    MAX_BYTES = 1 << 30
+    MAX_BYTES = 512 << 20
+    # trees evaluated per call while reading every tree's outputs (bounds that call's
+    # base margin, output and transpose to 3 x rows x this many float32)
+    BUILD_TREES = 64
 
     def __init__(self, model: Any, scorer: _PredictionScorer, trees: _BoosterTrees,
                  values: np.ndarray, prefix: np.ndarray, margin: np.ndarray,
-                 seconds_per_tree: float, seconds_full: float, forced: bool) -> None:
+                 seconds_per_call: float, seconds_per_tree: float, seconds_full: float,
+                 forced: bool) -> None:
         self.model = model
         self.scorer = scorer
         self.trees = trees
         self.values = values  # float32 [n_trees, n_rows]: each tree's leaf values
         self.prefix = prefix  # float32 [n_trees, n_rows]: its group's sum before the tree
         self.margin = margin  # float32 [n_rows, n_outputs]: the unpermuted margins
+        self.seconds_per_call = seconds_per_call
         self.seconds_per_tree = seconds_per_tree
         self.seconds_full = seconds_full
         self.forced = forced
@@ -516,9 +521,21 @@ class _TreeSubset:
         started = time.perf_counter()
         expected = scorer.predict(X)
         seconds_full = time.perf_counter() - started
+        # cost of one call with k trees ~ per_call + k * per_tree (reading each row's
+        # features is paid once per call)
         started = time.perf_counter()
-        values = np.ascontiguousarray(trees.evaluate(X, tuple(range(trees.n_trees))).T)
-        seconds_per_tree = (time.perf_counter() - started) / trees.n_trees
+        trees.evaluate(X, (0,), cache=False)
+        per_call = time.perf_counter() - started
+        started = time.perf_counter()
+        values = np.empty((trees.n_trees, n), dtype=np.float32)
+        calls = 0
+        for first in range(0, trees.n_trees, cls.BUILD_TREES):
+            chunk = tuple(range(first, min(first + cls.BUILD_TREES, trees.n_trees)))
+            values[first:first + len(chunk)] = trees.evaluate(X, chunk, cache=False).T
+            calls += 1
+        seconds = time.perf_counter() - started
+        per_call = min(per_call, seconds / calls)
+        per_tree = max(0.0, seconds - calls * per_call) / trees.n_trees
         base = trees.base_margin(n_outputs)
         prefix = np.empty_like(values)
         margin = np.empty((n, n_outputs), dtype=np.float32)
@@ -528,7 +545,7 @@ class _TreeSubset:
                 prefix[t] = acc
                 acc += values[t]
             margin[:, g] = acc
-        engine = cls(model, scorer, trees, values, prefix, margin, seconds_per_tree,
+        engine = cls(model, scorer, trees, values, prefix, margin, per_call, per_tree,
                      seconds_full, forced=path == "tree_subset")
         if not _same_bits(engine._from_margin(margin), expected):
             logger.info("tree subset path disabled: it does not reproduce the model's "
@@ -540,7 +557,8 @@ class _TreeSubset:
 
     def worth_it(self, cols: Sequence[int]) -> bool:
         touched = self.trees.touched(cols)
-        return self.forced or len(touched) * self.seconds_per_tree < 0.8 * self.seconds_full
+        cost = self.seconds_per_call + len(touched) * self.seconds_per_tree
+        return self.forced or cost < 0.8 * self.seconds_full
 
     def predict(self, X: np.ndarray, cols: Sequence[int]) -> np.ndarray:
         if not self.worth_it(cols):
@@ -645,15 +663,19 @@ class _BoosterTrees:
                                              predict_type="margin")
         return np.asarray(base, dtype=np.float32).reshape(-1)[:n_outputs]
 
-    def evaluate(self, X: np.ndarray, trees: tuple[int, ...]) -> np.ndarray:
-        """float32 [n_rows, len(trees)]: each tree's leaf value for each row of X."""
-        booster = self._booster(trees)
+    def evaluate(self, X: np.ndarray, trees: tuple[int, ...], *,
+                 cache: bool = True) -> np.ndarray:
+        """float32 [n_rows, len(trees)]: each tree's leaf value for each row of X.
+
+        cache: keep the booster of this subset for the next call with it.
+        """
+        booster = self._booster(trees, cache=cache)
         k = len(trees)
         out = booster.inplace_predict(X, predict_type="margin",
                                       base_margin=np.zeros((X.shape[0], k), dtype=np.float32))
         return np.asarray(out, dtype=np.float32).reshape(X.shape[0], k)
 
-    def _booster(self, trees: tuple[int, ...]) -> Any:
+    def _booster(self, trees: tuple[int, ...], *, cache: bool = True) -> Any:
         booster = self._boosters.get(trees)
         if booster is not None:
             return booster
@@ -670,6 +692,8 @@ class _BoosterTrees:
         booster = xgboost.Booster()
         booster.load_model(bytearray(text.encode()))
         booster.set_param({"nthread": self.nthread})
+        if not cache:
+            return booster
         with self._lock:
             if len(self._boosters) > 4096:
                 self._boosters.clear()
