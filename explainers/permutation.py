@@ -81,8 +81,9 @@ class Predictor(Protocol):
         scorer such as ``roc_auc`` uses, as in scikit-learn. Default: {"predict"} for
         regressors, {"predict", "predict_proba"} for classifiers. "decision_function" maps
         to ``output="raw"``.
-    kind, format, native, tree_ensemble(): for an XGBoost model (format "xgboost", native
-        ``xgboost.Booster``) the trees each feature touches, for tree skipping.
+    kind, format, native, n_outputs, predict_from_margin(margin, output=...): for an
+        XGBoost model (format "xgboost", native ``xgboost.Booster``), re-evaluating only
+        the trees a feature touches.
     """
 
     task: str
@@ -613,7 +614,7 @@ class _BoosterTrees:
         import json
 
         from models.errors import UnsupportedOutput
-        from models.loading import _booster_nthread, identity_booster
+        from models.loading import booster_nthread, identity_booster
 
         try:
             identity = identity_booster(booster)
@@ -645,7 +646,7 @@ class _BoosterTrees:
         model["iteration_indptr"] = ["@@INDPTR@@"]
         model["gbtree_model_param"] = {**model["gbtree_model_param"],
                                        "num_trees": "@@K@@", "num_parallel_tree": "1"}
-        return cls(json.dumps(doc), tree_json, groups, features, _booster_nthread(booster),
+        return cls(json.dumps(doc), tree_json, groups, features, booster_nthread(booster),
                    identity)
 
     def touched(self, cols: Sequence[int]) -> tuple[int, ...]:

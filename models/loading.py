@@ -340,7 +340,7 @@ def identity_booster(booster: Any) -> Any:
     model["iteration_indptr"] = [0, 1]
     identity = xgboost.Booster()
     identity.load_model(bytearray(json.dumps(doc).encode()))
-    identity.set_param({"nthread": _booster_nthread(booster)})
+    identity.set_param({"nthread": booster_nthread(booster)})
     return identity
 
 
@@ -358,7 +358,8 @@ def _leaf_tree(tree_id: int, value: float) -> dict[str, Any]:
     }
 
 
-def _booster_nthread(booster: Any) -> int:
+def booster_nthread(booster: Any) -> int:
+    """The ``nthread`` an XGBoost booster predicts with (0: every core)."""
     config = json.loads(booster.save_config())
     return int(config["learner"]["generic_param"].get("nthread", "0") or 0)
 
