@@ -382,10 +382,10 @@ def _run_groups(run: Callable[[int], None], n_groups: int, workers: int,
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
+                for future in done:  # one report per group, however many finished together
                     future.result()
-                done_count += len(done)
-                progress(done_count / n_groups, "permuting")
+                    done_count += 1
+                    progress(done_count / n_groups, "permuting")
         except BaseException:
             stop.set()
             for future in pending:

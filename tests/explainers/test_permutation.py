@@ -338,6 +338,16 @@ def test_cancel_stops_the_run(regression_data):
                                progress=cancel_after_two)
 
 
+def test_threaded_run_reports_progress_once_per_feature(regression_data):
+    X, y = regression_data
+    est = LinearRegression().fit(X, y)
+    calls = []
+    permutation_importance(EstimatorModel(est, "regression"), X, y, n_jobs=2,
+                           feature_names=[f"x{j}" for j in range(5)],
+                           progress=lambda fraction, stage: calls.append(fraction))
+    assert calls == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
 def test_summary_is_sorted_json_and_figure_renders(regression_data):
     X, y = regression_data
     est = LinearRegression().fit(X, y)
