@@ -475,10 +475,13 @@ class _TreeSubset:
     CPU; the whole construction is checked bit for bit against the model's predictions on
     the unpermuted rows and abandoned for the plain path when it does not match.
 
-    Cost: a call with k trees costs about k/T of a full predict plus a fixed cost for
-    reading each row's features, so wide data, where each tree uses few of the columns,
-    gains most. Both costs are measured on the rows; a group whose call would cost more
-    than 0.8 of a full predict takes the plain path.
+    Cost: a call with k trees costs a fixed part (reading each row's features, the
+    objective) plus a part per tree (its evaluation, and writing, transposing and
+    re-adding its own output column), so wide data, where each tree uses few of the
+    columns, gains most; where most trees use the column (30 features, 200 trees of
+    depth 6: three in four trees per feature) the per-output work makes the subset path
+    slower than a plain predict. Both paths are timed on the rows before the run; a group
+    whose subset call would cost more than 0.9 of a full predict takes the plain path.
     """
 
     # per-tree outputs and running sums: two float32 per row and tree
@@ -489,7 +492,6 @@ class _TreeSubset:
 
     def __init__(self, model: Any, scorer: _PredictionScorer, trees: _BoosterTrees,
                  values: np.ndarray, prefix: np.ndarray, margin: np.ndarray,
-                 seconds_per_call: float, seconds_per_tree: float, seconds_full: float,
                  forced: bool) -> None:
         self.model = model
         self.scorer = scorer
@@ -497,9 +499,8 @@ class _TreeSubset:
         self.values = values  # float32 [n_trees, n_rows]: each tree's leaf values
         self.prefix = prefix  # float32 [n_trees, n_rows]: its group's sum before the tree
         self.margin = margin  # float32 [n_rows, n_outputs]: the unpermuted margins
-        self.seconds_per_call = seconds_per_call
-        self.seconds_per_tree = seconds_per_tree
-        self.seconds_full = seconds_full
+        # the measured costs (see _measure): plain predict, subset call = per call + per tree
+        self.seconds_full = self.seconds_per_call = self.seconds_per_tree = 0.0
         self.forced = forced
 
     @classmethod
@@ -519,24 +520,11 @@ class _TreeSubset:
         n = X.shape[0]
         if 2 * trees.n_trees * n * 4 > cls.MAX_BYTES or trees.n_trees == 0:
             return None
-        started = time.perf_counter()
         expected = scorer.predict(X)
-        seconds_full = time.perf_counter() - started
-        # cost of one call with k trees ~ per_call + k * per_tree (reading each row's
-        # features is paid once per call)
-        started = time.perf_counter()
-        trees.evaluate(X, (0,), cache=False)
-        per_call = time.perf_counter() - started
-        started = time.perf_counter()
         values = np.empty((trees.n_trees, n), dtype=np.float32)
-        calls = 0
         for first in range(0, trees.n_trees, cls.BUILD_TREES):
             chunk = tuple(range(first, min(first + cls.BUILD_TREES, trees.n_trees)))
             values[first:first + len(chunk)] = trees.evaluate(X, chunk, cache=False).T
-            calls += 1
-        seconds = time.perf_counter() - started
-        per_call = min(per_call, seconds / calls)
-        per_tree = max(0.0, seconds - calls * per_call) / trees.n_trees
         base = trees.base_margin(n_outputs)
         prefix = np.empty_like(values)
         margin = np.empty((n, n_outputs), dtype=np.float32)
@@ -546,24 +534,58 @@ class _TreeSubset:
                 prefix[t] = acc
                 acc += values[t]
             margin[:, g] = acc
-        engine = cls(model, scorer, trees, values, prefix, margin, per_call, per_tree,
-                     seconds_full, forced=path == "tree_subset")
+        engine = cls(model, scorer, trees, values, prefix, margin, forced=path == "tree_subset")
         if not _same_bits(engine._from_margin(margin), expected):
             logger.info("tree subset path disabled: it does not reproduce the model's "
                         "predictions bit for bit", extra={"event": "permutation_tree_path"})
             return None
-        if not engine.forced and not any(engine.worth_it(group) for group in params.groups):
-            return None
+        if not engine.forced:
+            engine._measure(X, params.groups)
+            if not any(engine.worth_it(group) for group in params.groups):
+                return None
         return engine
 
+    def _measure(self, X: np.ndarray, groups: Sequence[Sequence[int]]) -> None:
+        """Time both paths on the rows: a full predict, and the subset path (XGBoost
+        call, transposition, re-accumulation, objective) for the group touching the
+        median number of trees and for a one-tree subset; best of two each."""
+
+        def best_of_two(call: Callable[[], object]) -> float:
+            best = float("inf")
+            for _ in range(2):
+                started = time.perf_counter()
+                call()
+                best = min(best, time.perf_counter() - started)
+            return best
+
+        self.seconds_full = best_of_two(lambda: self.scorer.predict(X))
+        by_count = sorted(groups, key=lambda cols: len(self.trees.touched(cols)))
+        median = by_count[len(by_count) // 2]
+        k = len(self.trees.touched(median))
+        one = next((cols for cols in by_count if self.trees.touched(cols)), None)
+        if k == 0 or one is None:
+            self.seconds_per_call, self.seconds_per_tree = 0.0, 0.0
+            return
+        k_one = len(self.trees.touched(one))
+        t_one = best_of_two(lambda: self._predict_subset(X, one))
+        t_median = best_of_two(lambda: self._predict_subset(X, median))
+        self.seconds_per_tree = max(0.0, (t_median - t_one) / max(1, k - k_one)) \
+            if k > k_one else t_median / k
+        self.seconds_per_call = max(0.0, t_median - k * self.seconds_per_tree)
+
     def worth_it(self, cols: Sequence[int]) -> bool:
+        if self.forced:
+            return True
         touched = self.trees.touched(cols)
         cost = self.seconds_per_call + len(touched) * self.seconds_per_tree
-        return self.forced or cost < 0.8 * self.seconds_full
+        return cost < 0.9 * self.seconds_full
 
     def predict(self, X: np.ndarray, cols: Sequence[int]) -> np.ndarray:
         if not self.worth_it(cols):
             return self.scorer.predict(X)
+        return self._predict_subset(X, cols)
+
+    def _predict_subset(self, X: np.ndarray, cols: Sequence[int]) -> np.ndarray:
         touched = self.trees.touched(cols)
         margin = self.margin.copy()
         if touched:
@@ -671,10 +693,10 @@ class _BoosterTrees:
         cache: keep the booster of this subset for the next call with it.
         """
         booster = self._booster(trees, cache=cache)
-        k = len(trees)
-        out = booster.inplace_predict(X, predict_type="margin",
-                                      base_margin=np.zeros((X.shape[0], k), dtype=np.float32))
-        return np.asarray(out, dtype=np.float32).reshape(X.shape[0], k)
+        # the booster's base score is 0 for every output: no base margin to pass (a
+        # rows x trees array of zeros cost more than the trees' evaluation on wide subsets)
+        out = booster.inplace_predict(X, predict_type="margin")
+        return np.asarray(out, dtype=np.float32).reshape(X.shape[0], len(trees))
 
     def _booster(self, trees: tuple[int, ...], *, cache: bool = True) -> Any:
         booster = self._boosters.get(trees)
