@@ -548,7 +548,8 @@ class _TreeSubset:
     def _measure(self, X: np.ndarray, groups: Sequence[Sequence[int]]) -> None:
         """Time both paths on the rows: a full predict, and the subset path (XGBoost
         call, transposition, re-accumulation, objective) for the group touching the
-        median number of trees and for a one-tree subset; best of two each."""
+        median number of trees and for the group touching the fewest (at least one);
+        best of two each. A subset call then costs per call + k * per tree."""
 
         def best_of_two(call: Callable[[], object]) -> float:
             best = float("inf")
