@@ -17,6 +17,7 @@ from explainers.tree_shap import (
     NotExportable,
     TreeShap,
     TreeShapSummary,
+    _abs_sum_rows,
     cuda_available,
     explain_tree_shap,
 )
@@ -298,7 +299,8 @@ def test_chunks_progress_cancel_and_summary() -> None:
     i = summary["feature_names"].index(top["feature"])
     np.testing.assert_allclose(top["mean_abs_shap"], np.abs(whole_values[:, :, i]).mean(axis=0),
                                rtol=1e-6)
-    assert np.array(summary["interaction_importance"]).shape == (3, 5, 5)
+    np.testing.assert_allclose(summary["interaction_importance"],
+                               np.abs(whole_pairs.astype(np.float64)).mean(axis=0), rtol=1e-12)
     provenance = summary["provenance"]
     assert provenance["engine"] == "xgboost" and provenance["device_used"] == "cpu"
     assert provenance["rows_explained"] == 50
@@ -391,3 +393,10 @@ def test_figures_render_to_svg_and_png(n_outputs: int) -> None:
     without = dict(summary, interaction_importance=None)
     with pytest.raises(ValueError, match="interactions=true"):
         draw_interactions(without, arrays)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 255, 256, 700])
+def test_block_sum_of_absolute_values_equals_the_plain_sum(rows):
+    a = np.random.default_rng(rows).normal(size=(rows, 2, 7, 7)).astype(np.float32)
+    np.testing.assert_allclose(_abs_sum_rows(a), np.abs(a.astype(np.float64)).sum(axis=0),
+                               rtol=1e-13, atol=0)
