@@ -565,13 +565,14 @@ class _TreeSubset:
         k = len(self.trees.touched(median))
         one = next((cols for cols in by_count if self.trees.touched(cols)), None)
         if k == 0 or one is None:
-            self.seconds_per_call, self.seconds_per_tree = 0.0, 0.0
-            return
+            return  # no group touches a tree: the subset path costs nothing (both stay 0)
         k_one = len(self.trees.touched(one))
         t_one = best_of_two(lambda: self._predict_subset(X, one))
         t_median = best_of_two(lambda: self._predict_subset(X, median))
-        self.seconds_per_tree = max(0.0, (t_median - t_one) / max(1, k - k_one)) \
-            if k > k_one else t_median / k
+        if k > k_one:
+            self.seconds_per_tree = max(0.0, (t_median - t_one) / (k - k_one))
+        else:
+            self.seconds_per_tree = t_median / k
         self.seconds_per_call = max(0.0, t_median - k * self.seconds_per_tree)
 
     def worth_it(self, cols: Sequence[int]) -> bool:
