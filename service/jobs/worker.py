@@ -491,8 +491,9 @@ def _job_process_main(spec: JobSpec, events: multiprocessing.connection.Connecti
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=spec.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    limit = _address_space_bytes() + spec.memory_limit_bytes
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit = address_space_limit(spec.device, spec.memory_limit_bytes)
+    if limit is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     cancelled = threading.Event()
     threading.Thread(target=_watch_worker, args=(control, cancelled), daemon=True).start()
@@ -762,6 +763,18 @@ def _listen(url: str, wakeup: Wakeup, stop: threading.Event) -> None:
                         extra={"event": "listen_failed", "error": _first_line(exc)})
             stop.wait(delay)
             delay = min(10.0, delay * 2)
+
+
+def address_space_limit(device: Device, memory_limit_bytes: int) -> int | None:
+    """The RLIMIT_AS of a job process on ``device``: its start-up size plus its memory
+    cap on the CPU; none on a GPU. The CUDA driver reserves virtual address space for the
+    GPU's memory and the host's when it starts (over 100 GiB on an H200 machine): under
+    a cap it fails to start, and XGBoost and onnxruntime fall back to the CPU (measured:
+    a 200,000-row TreeSHAP job took 27.5 s under the cap, 2.9 s without, on an H200).
+    A GPU job's arrays live on the GPU, in chunks its method bounds itself."""
+    if device == "cuda":
+        return None
+    return _address_space_bytes() + memory_limit_bytes
 
 
 def _address_space_bytes() -> int:

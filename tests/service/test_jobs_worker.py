@@ -176,3 +176,17 @@ def test_job_finishes_when_the_database_drops_connections(
     finally:
         worker_db.dispose()
     assert job.status == "succeeded", job.error
+
+
+def test_address_space_is_capped_on_the_cpu_only() -> None:
+    """A CPU job process is capped at its start-up size plus its memory cap; a GPU job
+    is not, or the CUDA driver could not reserve its address space and would fall back."""
+    import os
+
+    from service.jobs.worker import address_space_limit
+
+    with open("/proc/self/statm") as f:
+        here = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    cap = address_space_limit("cpu", 1 << 30)
+    assert cap is not None and here + (1 << 30) <= cap < here + (1 << 30) + (256 << 20)
+    assert address_space_limit("cuda", 1 << 30) is None
