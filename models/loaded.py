@@ -30,7 +30,8 @@ DEFAULT_BATCH_BYTES = 256 * 2**20
 
 
 class Predictor(Protocol):
-    """What each format supplies; X is float64 [n, n_features], C-contiguous."""
+    """What each format supplies; X is float64 [n, n_features], C-contiguous (or the
+    predictor's ``input_dtype`` where it declares one and the caller gave rows in it)."""
 
     def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
 
@@ -91,6 +92,12 @@ class LoadedModel:
         self._ensemble: TreeEnsemble | None = None
 
     @property
+    def input_dtype(self) -> np.dtype:
+        """The dtype the model computes in (float32 for most ONNX graphs, else float64):
+        :meth:`predict` takes rows in it as they are, and converts any other to float64."""
+        return np.dtype(getattr(self._predictor, "input_dtype", np.float64))
+
+    @property
     def n_classes(self) -> int | None:
         return None if self.classes is None else len(self.classes)
 
@@ -104,7 +111,8 @@ class LoadedModel:
     ) -> npt.NDArray[Any]:
         """Predict for the rows of X.
 
-        X: float64 [n, n_features], model column order, categorical codes.
+        X: float64 [n, n_features], model column order, categorical codes (or
+            ``input_dtype``, which saves a conversion).
         output: "raw" -> float64 [n, n_outputs] (margin for boosting; predict_proba for
             scikit-learn forests and trees; decision_function for scikit-learn gradient
             boosting classifiers; predict for regressors);
@@ -122,7 +130,9 @@ class LoadedModel:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if batch_rows is not None and batch_rows < 1:
             raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
-        X = np.ascontiguousarray(X, dtype=np.float64)
+        X = np.asarray(X)
+        X = np.ascontiguousarray(X, dtype=X.dtype if X.dtype == self.input_dtype
+                                 else np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must have shape [n, {self.n_features}], got {list(X.shape)}")
         if output == "probability" and self.task == "regression":

@@ -160,6 +160,41 @@ def test_cuda_request_falls_back_or_runs(saved_models: dict[str, SavedModel]) ->
     assert model.device_used == "cpu"
 
 
+@pytest.mark.parametrize("name", ["onnx_mlp_regression", "onnx_mlp_multiclass"])
+def test_onnx_takes_float32_rows_as_they_are(saved_models: dict[str, SavedModel],
+                                            name: str) -> None:
+    saved = saved_models[name]
+    model = _load(saved)
+    assert model.input_dtype == np.float32
+    for output in ("raw", "label"):
+        got = model.predict(saved.X.astype(np.float32), output=output)
+        np.testing.assert_array_equal(got, model.predict(saved.X, output=output))
+    assert _load(saved_models["xgboost_binary_json"]).input_dtype == np.float64
+
+
+def _onnx_cuda() -> bool:
+    import onnxruntime
+
+    from service.jobs.worker import detect_gpu
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and detect_gpu()
+
+
+@pytest.mark.skipif(not _onnx_cuda(), reason="no CUDA GPU with onnxruntime's CUDA provider "
+                    "(onnxruntime-gpu) here")
+@pytest.mark.parametrize("name", ["onnx_mlp_regression", "onnx_mlp_multiclass"])
+def test_onnx_runs_on_cuda(saved_models: dict[str, SavedModel], name: str) -> None:
+    saved = saved_models[name]
+    model = _load(saved)
+    cpu = model.predict(saved.X, device="cpu")
+    gpu = model.predict(saved.X, device="cuda")
+    assert model.device_used == "cuda"
+    # float32 kernels on both; the GPU's sums run in another order
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(cpu).max()))
+    model.predict(saved.X, device="cpu")
+    assert model.device_used == "cpu"
+
+
 def test_arguments_are_reconciled(saved_models: dict[str, SavedModel]) -> None:
     saved = saved_models["xgboost_binary_json"]
     assert _load(saved, classes=["no", "yes"]).classes == ["no", "yes"]
