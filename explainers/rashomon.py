@@ -489,6 +489,7 @@ def rashomon_interactions(
     params: RashomonParams = RashomonParams(),
     batch_rows: int = 1_000_000,
     n_jobs: int = 1,
+    dtype: npt.DTypeLike = np.float64,
     progress: ProgressCallback = no_progress,
 ) -> RashomonResult:
     """Sample a Rashomon set of masked models and the cloud of their interaction scores.
@@ -501,6 +502,9 @@ def rashomon_interactions(
     feature_names: [p] names, used by ``params.features`` and in the summary.
     batch_rows: most rows per ``predict`` call (at least one n-row block is sent).
     n_jobs: threads running ``predict`` calls; results do not depend on it.
+    dtype: of the rows given to ``predict``. ``np.float32`` for a model that computes in
+        float32 (an ONNX graph with a float input) writes them once instead of writing
+        float64 rows that the model then converts; the values are the same.
     progress: called with (fraction, stage) between batches of every stage; may raise
         :class:`explainers.progress.Cancelled` to stop.
 
@@ -530,7 +534,7 @@ def rashomon_interactions(
     pool = ThreadPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else None
     try:
         engine = _BlockEngine(predict, _batch_loss(loss_name, ys), task, Xs.shape, batch_rows,
-                              pool, n_jobs)
+                              pool, n_jobs, np.dtype(dtype))
         rows: dict[str, int] = {}
 
         def finish(stage: str, t0: float, rows_before: int) -> None:
@@ -659,8 +663,10 @@ class _BlockEngine:
         batch_rows: int,
         pool: ThreadPoolExecutor | None,
         n_jobs: int,
+        dtype: np.dtype | None = None,
     ) -> None:
         self._predict = predict
+        self._dtype = np.dtype(np.float64) if dtype is None else dtype
         self._loss = loss
         self._task = task
         self._n, self._p = shape
@@ -691,13 +697,14 @@ class _BlockEngine:
             report(done)
 
         try:
-            for start, batch in self._batches(stacks):
-                self.rows_predicted += batch.shape[0] * self._n
+            for start, plan in self._batches(stacks):
+                count = sum(take for _, _, take in plan)
+                self.rows_predicted += count * self._n
                 if self._pool is None:
-                    in_flight.append((start, batch.shape[0], self._score(batch)))
+                    in_flight.append((start, count, self._score(plan, count)))
                 else:
-                    in_flight.append((start, batch.shape[0],
-                                      self._pool.submit(self._score, batch)))
+                    in_flight.append((start, count,
+                                      self._pool.submit(self._score, plan, count)))
                 while len(in_flight) >= self._in_flight_max:
                     collect()
             while in_flight:
@@ -711,30 +718,35 @@ class _BlockEngine:
             raise AssertionError(f"{done} blocks scored, {n_blocks} expected")
         return out
 
-    def _batches(self, stacks: Iterable[_Copies]) -> Iterator[tuple[int, np.ndarray]]:
-        """Write the blocks straight into batches of ``_blocks_per_call`` blocks (the last
-        one smaller); a group of copies may straddle two batches."""
+    def _batches(self, stacks: Iterable[_Copies]
+                 ) -> Iterator[tuple[int, list[tuple[_Copies, int, int]]]]:
+        """Plans of batches of ``_blocks_per_call`` blocks (the last one smaller): for each
+        batch, the (group of copies, first copy, count) to write into it, in order; a group
+        may straddle two batches. The writing happens in :meth:`_score`, on the thread that
+        predicts, so that with ``n_jobs`` threads the copies are written side by side too."""
         cap = self._blocks_per_call
-        buffer: np.ndarray | None = None
+        plan: list[tuple[_Copies, int, int]] = []
         filled = start = 0
         for stack in stacks:
             i = 0
             while i < stack.count:
-                if buffer is None:
-                    buffer, filled = np.empty((cap, self._n, self._p)), 0
                 take = min(stack.count - i, cap - filled)
-                stack.fill(buffer[filled:filled + take], i)
+                plan.append((stack, i, take))
                 filled += take
                 i += take
                 if filled == cap:
-                    yield start, buffer
+                    yield start, plan
                     start += cap
-                    buffer = None
-        if buffer is not None:
-            yield start, buffer[:filled]
+                    plan, filled = [], 0
+        if plan:
+            yield start, plan
 
-    def _score(self, batch: np.ndarray) -> Array:
-        b = batch.shape[0]
+    def _score(self, plan: list[tuple[_Copies, int, int]], b: int) -> Array:
+        batch = np.empty((b, self._n, self._p), dtype=self._dtype)
+        at = 0
+        for stack, first, take in plan:
+            stack.fill(batch[at:at + take], first)
+            at += take
         rows = b * self._n
         pred = np.asarray(self._predict(batch.reshape(rows, self._p)), dtype=np.float64)
         if self._task == "regression":

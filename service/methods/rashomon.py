@@ -29,17 +29,23 @@ from service.methods.inputs import (
     rows_per_second,
 )
 
-# Rows per predict call: large enough to amortize the call's fixed cost, which holds the
-# GIL while other calls run side by side (on 2 cores, the diabetes MLP case of
-# bench/rashomon.py took 5.4-6.8 s with 10k-row calls and 4.3-4.9 s with 20k-40k), and a
-# batch's input within BATCH_BYTES (1M-row calls were 2-3x slower per row).
-BATCH_ROWS = 40_000
-BATCH_BYTES = 32 << 20
+# Rows per predict call on the CPU: large enough to amortize the call's fixed cost, small
+# enough that a call's intermediate arrays stay in the cache (a hidden layer of 64 floats
+# per row is 5 MB at 10k rows). On 2 cores, with the copies written by the threads that
+# predict, the diabetes MLP case of bench/rashomon.py took 6.6 s with 10k-row calls, 7.3 s
+# with 20k, 8.8-8.9 s with 40k, 7.6 s with 7k and 8.3 s with 5k.
+BATCH_ROWS = 10_000
+BATCH_BYTES = 8 << 20
+# On a GPU a call costs a launch and two transfers whatever its size: far larger calls.
+GPU_BATCH_ROWS = 400_000
+GPU_BATCH_BYTES = 128 << 20
 
 
-def batch_rows_for(n_features: int) -> int:
-    """Rows per predict call for data with ``n_features`` columns."""
-    return max(1_000, min(BATCH_ROWS, BATCH_BYTES // (8 * max(1, n_features))))
+def batch_rows_for(n_features: int, device: str = "cpu") -> int:
+    """Rows per predict call for data with ``n_features`` columns on ``device``."""
+    rows, size = (GPU_BATCH_ROWS, GPU_BATCH_BYTES) if device == "cuda" else \
+        (BATCH_ROWS, BATCH_BYTES)
+    return max(1_000, min(rows, size // (8 * max(1, n_features))))
 
 
 class RashomonJobParams(BaseModel):
@@ -121,14 +127,19 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     def predict(rows: np.ndarray) -> np.ndarray:
         with sklearn.config_context(assume_finite=finite):
             return model.predict(rows, output=output, device=ctx.device)
+    # One tiny call places the model: where it runs (a scikit-learn model on a GPU worker
+    # stays on the CPU) sets the size of the calls.
+    predict(X[:2])
+    device_used = getattr(model, "device_used", None) or "cpu"
     # The predict calls are many and small: BLAS threads inside one call only add
     # hand-offs, so the worker's cores run whole calls side by side instead (the numbers
     # do not depend on it).
     with threadpool_limits(limits=1, user_api="blas"):
         result = rashomon_interactions(
             predict, X, y, task=model.task,  # type: ignore[arg-type]
-            feature_names=names, params=params, batch_rows=batch_rows_for(X.shape[1]),
-            n_jobs=max(1, ctx.n_threads),
+            feature_names=names, params=params,
+            batch_rows=batch_rows_for(X.shape[1], device_used),
+            n_jobs=max(1, ctx.n_threads), dtype=model.input_dtype,
             progress=ctx.progress)
     summary = result.summary()
     summary["provenance"] = {**summary.get("provenance", {}),

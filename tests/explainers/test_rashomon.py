@@ -209,6 +209,31 @@ def test_batch_rows_and_n_jobs_do_not_change_numbers(diabetes, mlp, gbc, model_n
         assert other.rows_predicted == runs[0].rows_predicted
 
 
+def test_float32_rows_for_a_float32_model_change_no_number(diabetes, mlp, tmp_path) -> None:
+    """An ONNX graph computes in float32: rows written in float32 from the start give the
+    model the same values as float64 rows it converts itself."""
+    from skl2onnx import to_onnx
+
+    from models.loading import load_model
+
+    X, y = diabetes
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(to_onnx(mlp, X[:1].astype(np.float32)).SerializeToString())
+    model = load_model(path, format="onnx", n_threads=1)
+    assert model.input_dtype == np.float32
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return model.predict(rows, output="label")
+
+    params = RashomonParams(delta=0.5, shuffle_times=3, features=("x0", "x2", "x3", "x8"))
+    runs = [rashomon_interactions(predict, X, y, task="regression", feature_names=NAMES,
+                                  params=params, batch_rows=5 * X.shape[0], dtype=dtype)
+            for dtype in (np.float64, np.float32)]
+    for name, value in runs[1].arrays().items():
+        assert np.array_equal(value, runs[0].arrays()[name], equal_nan=True), name
+    assert np.abs(runs[0].fis_clouds[~np.isnan(runs[0].fis_clouds)]).max() > 0
+
+
 @pytest.mark.parametrize("loss", ["mse", "rmse", "mae", "r2"])
 def test_regression_losses_equal_scikit_learn(loss) -> None:
     X = _gaussian(60, 2, 6)
