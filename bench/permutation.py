@@ -2,9 +2,13 @@
 
 Cases: 50,000 x 30 with XGBoost (200 trees, depth 6) and an ONNX MLP, and 50,000 x 300
 with XGBoost. For each: scikit-learn's default (n_jobs=None), scikit-learn n_jobs=-1, and
-ours (every core), all in one process; prints seconds, ratios and the largest difference.
+ours (every core, or the GPU with ``--device cuda``), all in one process; prints seconds,
+ratios and the largest difference. scikit-learn always runs on the CPU, as a user calls it.
+On the GPU an ONNX model runs in float32 on CUDA kernels, so its differences from
+scikit-learn are float32 rounding (about 1e-6 of the score) rather than 0.
 
-    .venv/bin/python bench/permutation.py [--rows 50000] [--repeats 5] [--features 30 300]
+    .venv/bin/python -m bench.permutation [--rows 50000] [--repeats 5] [--features 30 300]
+                                          [--device cpu|cuda] [--models xgboost onnx]
 """
 
 from __future__ import annotations
@@ -70,19 +74,20 @@ def timed(call: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def run_case(label: str, model: Any, estimator: Any, X: np.ndarray, y: np.ndarray,
-             repeats: int) -> None:
+             repeats: int, device: str = "cpu") -> None:
     names = [f"x{j}" for j in range(X.shape[1])]
     t_default, ref = timed(lambda: sklearn_permutation_importance(
         estimator, X, y, n_repeats=repeats, random_state=0))
     t_all, _ = timed(lambda: sklearn_permutation_importance(
         estimator, X, y, n_repeats=repeats, random_state=0, n_jobs=-1))
     t_ours, ours = timed(lambda: permutation_importance(
-        model, X, y, n_repeats=repeats, random_state=0, feature_names=names))
+        model, X, y, n_repeats=repeats, random_state=0, feature_names=names, device=device))
     best = min(t_default, t_all)
     diff = float(np.abs(ours.importances - ref.importances).max())
     sys.stdout.write(
         f"{label:<28} sklearn default {t_default:7.2f}s  sklearn n_jobs=-1 {t_all:7.2f}s  "
-        f"ours {t_ours:7.2f}s ({ours.provenance['path']})  "
+        f"ours {t_ours:7.2f}s ({ours.provenance['path']}, "
+        f"{getattr(model, 'device_used', None) or 'cpu'})  "
         f"vs default x{t_default / t_ours:5.2f}  vs best x{best / t_ours:5.2f}  "
         f"max|diff| {diff:.1e}\n")
 
@@ -93,16 +98,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--features", type=int, nargs="+", default=[30, 300],
                         help="feature counts to run (the MLP runs with 30)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where our function predicts (the job's device)")
+    parser.add_argument("--models", nargs="+", choices=["xgboost", "onnx"],
+                        default=["xgboost", "onnx"])
     args = parser.parse_args()
+    sys.stdout.write(f"{args.rows} rows, {args.repeats} repeats, ours on {args.device}\n")
     with tempfile.TemporaryDirectory() as tmp:
         for features in args.features:
             X, y = make_data(args.rows, features, seed=features)
-            est = xgboost.XGBRegressor(n_estimators=200, max_depth=6).fit(X, y)
-            path = Path(tmp) / f"xgb{features}.ubj"
-            est.get_booster().save_model(path)
-            run_case(f"xgboost {args.rows}x{features}", load_model(path, format="xgboost"),
-                     est, X, y, args.repeats)
-            if features == 30:
+            if "xgboost" in args.models:
+                est = xgboost.XGBRegressor(n_estimators=200, max_depth=6).fit(X, y)
+                path = Path(tmp) / f"xgb{features}.ubj"
+                est.get_booster().save_model(path)
+                run_case(f"xgboost {args.rows}x{features}", load_model(path, format="xgboost"),
+                         est, X, y, args.repeats, args.device)
+            if features == 30 and "onnx" in args.models:
                 mlp = MLPRegressor(hidden_layer_sizes=(64, 64), max_iter=20,
                                    random_state=0).fit(X[:5000], y[:5000])
                 onnx_path = Path(tmp) / "mlp.onnx"
@@ -110,7 +121,8 @@ def main() -> None:
                     to_onnx(mlp, X[:1].astype(np.float32)).SerializeToString())
                 run_case(f"onnx mlp {args.rows}x{features}",
                          load_model(onnx_path, format="onnx"),
-                         OnnxRegressor(str(onnx_path)).fit(X, y), X, y, args.repeats)
+                         OnnxRegressor(str(onnx_path)).fit(X, y), X, y, args.repeats,
+                         args.device)
 
 
 if __name__ == "__main__":

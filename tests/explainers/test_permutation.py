@@ -368,3 +368,31 @@ def test_summary_is_sorted_json_and_figure_renders(regression_data):
         buffer = io.BytesIO()
         figure.savefig(buffer, format=fmt)
         assert magic in buffer.getvalue()[:400]
+
+
+def _onnx_cuda() -> bool:
+    from service.jobs.worker import detect_gpu
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and detect_gpu()
+
+
+@pytest.mark.skipif(not _onnx_cuda(), reason="no CUDA GPU with onnxruntime's CUDA provider "
+                    "(onnxruntime-gpu) here")
+@pytest.mark.parametrize("scoring", ["r2", "neg_mean_squared_error"])
+def test_onnx_mlp_on_cuda_matches_sklearn_to_float32(regression_data, scoring, tmp_path):
+    """On the GPU the MLP runs in float32 CUDA kernels: scikit-learn's numbers (computed
+    through onnxruntime on the CPU) to float32 rounding, not bit for bit."""
+    X, y = regression_data
+    mlp = MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
+    reference_model = OnnxRegressor(onnx_file(mlp, X, tmp_path / "model.onnx")).fit(X, y)
+    model = saved(tmp_path / "model.onnx", "onnx")
+    names = [f"x{j}" for j in range(X.shape[1])]
+    ours = permutation_importance(model, X, y, scoring=scoring, feature_names=names,
+                                  n_repeats=3, random_state=7, device="cuda")
+    assert model.device_used == "cuda"
+    reference = sklearn_permutation_importance(reference_model, X, y, scoring=scoring,
+                                               n_repeats=3, random_state=7)
+    scale = np.abs(reference.importances).max()
+    assert scale > 1e-3
+    np.testing.assert_allclose(ours.importances, reference.importances, rtol=0,
+                               atol=1e-5 * max(scale, 1.0))
