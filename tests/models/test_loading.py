@@ -471,3 +471,85 @@ def test_predictions_from_margins_are_refused_for_other_libraries(tmp_path):
     model = load_model(tmp_path / "model.txt", format="lightgbm", n_threads=1)
     with pytest.raises(UnsupportedOutput, match="call predict"):
         model.predict_from_margin(np.zeros((100, 1), dtype=np.float32))
+
+
+def _mlp_cases(X: np.ndarray, y: dict[str, np.ndarray]) -> dict[str, tuple[object, str]]:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def mlp(kind: type, *hidden: int) -> object:
+        return kind(hidden_layer_sizes=hidden, max_iter=60, random_state=0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return {
+            "mlp_regressor": (mlp(MLPRegressor, 8).fit(X, y["regression"]), "regression"),
+            "scaled_mlp_regressor": (make_pipeline(StandardScaler(), mlp(MLPRegressor, 16, 8))
+                                     .fit(X * 30 + 5, y["regression"]), "regression"),
+            "two_outputs": (mlp(MLPRegressor, 8).fit(
+                X, np.column_stack([y["regression"], -y["regression"]])), "regression"),
+            "scaled_binary": (make_pipeline(StandardScaler(), StandardScaler(with_mean=False),
+                                            mlp(MLPClassifier, 8))
+                              .fit(X * 30 + 5, y["binary"]), "binary"),
+            "scaled_multiclass": (make_pipeline(StandardScaler(with_std=False),
+                                                mlp(MLPClassifier, 8))
+                                  .fit(X, y["multiclass"]), "multiclass"),
+        }
+
+
+def test_scikit_learn_mlps_predict_bit_for_bit_without_per_call_checks(
+        model_data: tuple, tmp_path: Path) -> None:
+    """The unchecked path for MLPs (and StandardScaler pipelines of them) gives exactly
+    scikit-learn's predict and predict_proba, and NaN rows still get scikit-learn's error."""
+    import sklearn
+
+    from models.loading import _unchecked_methods
+
+    X, y = model_data
+    rows = np.random.default_rng(1).normal(size=(500, X.shape[1])) * 30 + 5
+    for name, (estimator, task) in _mlp_cases(X, y).items():
+        methods = _unchecked_methods(estimator)
+        assert "predict" in methods, name
+        path = tmp_path / f"{name}.skops"
+        skops.io.dump(estimator, path)
+        model = load_model(path, format="sklearn", task=task)
+        assert model._predictor._unchecked, name  # the loaded model takes the path
+        for output, method in (("label", "predict"), ("probability", "predict_proba")):
+            if output == "probability" and task == "regression":
+                continue
+            assert method in methods, (name, method)
+            expected = getattr(estimator, method)(rows)
+            assert_array_equal(methods[method](rows), expected, err_msg=f"{name} {method}")
+            got = model.predict(rows, output=output)
+            if output == "label" and task != "regression":
+                expected = np.searchsorted(estimator.classes_, expected)
+            assert_array_equal(got, expected.reshape(got.shape), err_msg=f"{name} {output}")
+        bad = rows.copy()
+        bad[3, 1] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            model.predict(bad, output="label")
+        with sklearn.config_context(assume_finite=True):  # the caller vouches: unchecked
+            assert np.isnan(model.predict(bad, output="label")).any() or task != "regression"
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_other_scikit_learn_models_are_called_as_they_are(model_data: tuple) -> None:
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler
+
+    from models.loading import _unchecked_methods
+
+    X, y = model_data
+
+    class MyMLP(MLPRegressor):
+        pass
+
+    assert _unchecked_methods(RandomForestRegressor(n_estimators=2).fit(X, y["regression"])) == {}
+    assert _unchecked_methods(make_pipeline(MinMaxScaler(), MLPRegressor(max_iter=5))
+                              .fit(X, y["regression"])) == {}
+    assert _unchecked_methods(MyMLP(max_iter=5).fit(X, y["regression"])) == {}
