@@ -278,6 +278,7 @@ def test_xgboost_classifier_matches_sklearn_on_both_paths(scoring, n_classes, pa
     assert used == path
 
 
+@pytest.mark.filterwarnings("ignore:.*booster=dart. is deprecated")  # dart on purpose
 def test_tree_subset_path_is_not_used_where_it_would_not_be_exact(tmp_path):
     rng = np.random.default_rng(4)
     X = rng.normal(size=(200, 6))
