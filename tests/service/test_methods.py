@@ -265,6 +265,36 @@ def test_rashomon_interactions_end_to_end(worker_client: tuple[TestClient, Datab
     assert halo.status_code == 200
 
 
+def test_rashomon_same_numbers_with_one_or_two_worker_processes(
+        db: Database, settings: Settings, make_client: Any,
+        saved_models: dict[str, SavedModel]) -> None:
+    """The method doc's rule: the same numbers whether one job process has the worker's
+    cores or two job processes run side by side with half of them each."""
+    fast = fast_settings(settings)
+    client = make_client(**{k: getattr(fast, k)
+                            for k in ("lease_seconds", "heartbeat_seconds", "poll_seconds")})
+    body = {"kind": "rashomon_interactions",
+            "model_id": _model(client, saved_models["onnx_mlp_regression"]),
+            "dataset_id": _dataset(client), "params": RASHOMON_SMALL}
+    with running_worker(db, fast, concurrency=1):
+        alone = _run(client, db, body)["id"]
+    with running_worker(db, fast, concurrency=2):
+        pair = []
+        for _ in range(2):
+            r = client.post("/v1/jobs", json=body)
+            assert r.status_code == 202, r.text
+            pair.append(r.json()["id"])
+        for job_id in pair:
+            assert wait_final(db, job_id, timeout=180).status == "succeeded"
+    listing = client.get(f"/v1/jobs/{alone}/result/arrays").json()
+    names = [a["name"] for a in (listing["items"] if isinstance(listing, dict) else listing)]
+    assert {"masks", "fis_clouds", "fis_losses", "main_effect_clouds"} <= set(names)
+    for name in names:
+        expected = _npy(client, alone, name)
+        for job_id in pair:
+            assert np.array_equal(_npy(client, job_id, name), expected, equal_nan=True), name
+
+
 @pytest.mark.parametrize(("params", "fragment"), [
     ({"epsilon_rate": 0}, "epsilon_rate"),
     ({"delta": 0.3}, "delta"),
