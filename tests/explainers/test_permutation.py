@@ -255,6 +255,28 @@ def test_tree_subset_path_equals_plain_path_and_sklearn(fmt, tmp_path):
     assert np.abs(reference.importances).max() > 1e-3
 
 
+def test_subset_path_is_not_built_where_every_feature_is_in_most_trees(
+        regression_data, tmp_path, monkeypatch):
+    """Each of the two features splits most of the trees: the subset path cannot gain,
+    so no tree is evaluated for it (no build, no timing); the plain path runs."""
+    from explainers import permutation
+
+    X, y = regression_data
+    X2 = X[:, :2]
+    est = xgboost.XGBRegressor(n_estimators=20, max_depth=3, n_jobs=1).fit(X2, y)
+    est.get_booster().save_model(tmp_path / "model.json")
+    model = saved(tmp_path / "model.json", "xgboost")
+    trees = permutation._BoosterTrees.read(model.native)
+    assert all(2 * len(trees.touched([j])) > trees.n_trees for j in range(2))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the subset path was built")
+
+    monkeypatch.setattr(permutation._BoosterTrees, "evaluate", refuse)
+    result = permutation_importance(model, X2, y, feature_names=["x0", "x1"], n_repeats=2)
+    assert result.provenance["path"] == "plain"
+
+
 @pytest.mark.parametrize("scoring", ["accuracy", "roc_auc", "neg_log_loss"])
 @pytest.mark.parametrize("n_classes", [2, 3])
 @pytest.mark.parametrize("path", ["tree_subset", "plain"])
