@@ -663,10 +663,10 @@ class _BlockEngine:
         batch_rows: int,
         pool: ThreadPoolExecutor | None,
         n_jobs: int,
-        dtype: np.dtype | None = None,
+        dtype: np.dtype,
     ) -> None:
         self._predict = predict
-        self._dtype = np.dtype(np.float64) if dtype is None else dtype
+        self._dtype = dtype
         self._loss = loss
         self._task = task
         self._n, self._p = shape

@@ -196,3 +196,12 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SavedMod
 def model_data() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The training data of ``saved_models``."""
     return make_data()
+
+
+def onnx_cuda_available() -> bool:
+    """A CUDA GPU here and onnxruntime's CUDA provider (onnxruntime-gpu) to use it."""
+    import onnxruntime
+
+    from service.jobs.worker import detect_gpu
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and detect_gpu()

@@ -771,7 +771,7 @@ def address_space_limit(device: Device, memory_limit_bytes: int) -> int | None:
     GPU's memory and the host's when it starts (over 100 GiB on an H200 machine): under
     a cap it fails to start, and XGBoost and onnxruntime fall back to the CPU (measured:
     a 200,000-row TreeSHAP job took 27.5 s under the cap, 2.9 s without, on an H200).
-    A GPU job's arrays live on the GPU, in chunks its method bounds itself."""
+    A GPU job's host memory is then bounded only by its method's chunking."""
     if device == "cuda":
         return None
     return _address_space_bytes() + memory_limit_bytes

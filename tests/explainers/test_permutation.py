@@ -32,6 +32,7 @@ from explainers.permutation_figures import draw_importance
 from explainers.progress import Cancelled
 from models.loaded import LoadedModel
 from models.loading import load_model
+from tests.model_files import onnx_cuda_available
 
 TOL = 1e-9
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -393,14 +394,8 @@ def test_summary_is_sorted_json_and_figure_renders(regression_data):
         assert magic in buffer.getvalue()[:400]
 
 
-def _onnx_cuda() -> bool:
-    from service.jobs.worker import detect_gpu
-
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and detect_gpu()
-
-
-@pytest.mark.skipif(not _onnx_cuda(), reason="no CUDA GPU with onnxruntime's CUDA provider "
-                    "(onnxruntime-gpu) here")
+@pytest.mark.skipif(not onnx_cuda_available(),
+                    reason="no CUDA GPU with onnxruntime's CUDA provider (onnxruntime-gpu) here")
 @pytest.mark.parametrize("scoring", ["r2", "neg_mean_squared_error"])
 def test_onnx_mlp_on_cuda_matches_sklearn_to_float32(regression_data, scoring, tmp_path):
     """On the GPU the MLP runs in float32 CUDA kernels: scikit-learn's numbers (computed

@@ -30,7 +30,7 @@ from models.errors import (
 from models.loaded import LoadedModel
 from models.loading import load_model
 from models.readers import NotATreeModel
-from tests.model_files import FEATURE_NAMES, SavedModel
+from tests.model_files import FEATURE_NAMES, SavedModel, onnx_cuda_available
 
 FORMAT_OF = {"xgboost": "xgboost", "lightgbm": "lightgbm", "sklearn": "sklearn", "onnx": "onnx"}
 
@@ -172,16 +172,8 @@ def test_onnx_takes_float32_rows_as_they_are(saved_models: dict[str, SavedModel]
     assert _load(saved_models["xgboost_binary_json"]).input_dtype == np.float64
 
 
-def _onnx_cuda() -> bool:
-    import onnxruntime
-
-    from service.jobs.worker import detect_gpu
-
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and detect_gpu()
-
-
-@pytest.mark.skipif(not _onnx_cuda(), reason="no CUDA GPU with onnxruntime's CUDA provider "
-                    "(onnxruntime-gpu) here")
+@pytest.mark.skipif(not onnx_cuda_available(),
+                    reason="no CUDA GPU with onnxruntime's CUDA provider (onnxruntime-gpu) here")
 @pytest.mark.parametrize("name", ["onnx_mlp_regression", "onnx_mlp_multiclass"])
 def test_onnx_runs_on_cuda(saved_models: dict[str, SavedModel], name: str) -> None:
     saved = saved_models[name]
