@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-import xgboost
-from skl2onnx import to_onnx
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.inspection import permutation_importance as sklearn_permutation_importance
 from sklearn.neural_network import MLPRegressor
@@ -80,8 +78,15 @@ def run_case(label: str, model: Any, estimator: Any, X: np.ndarray, y: np.ndarra
         estimator, X, y, n_repeats=repeats, random_state=0))
     t_all, _ = timed(lambda: sklearn_permutation_importance(
         estimator, X, y, n_repeats=repeats, random_state=0, n_jobs=-1))
-    t_ours, ours = timed(lambda: permutation_importance(
-        model, X, y, n_repeats=repeats, random_state=0, feature_names=names, device=device))
+    def ours_once() -> tuple[float, Any]:
+        return timed(lambda: permutation_importance(
+            model, X, y, n_repeats=repeats, random_state=0, feature_names=names,
+            device=device))
+
+    # The first call pays for starting the library on the device (a job process does
+    # that once); the second finds the model placed, as further calls of a worker would.
+    t_ours, ours = ours_once()
+    t_warm, _ = ours_once() if device == "cuda" else (t_ours, None)
     best = min(t_default, t_all)
     diff = float(np.abs(ours.importances - ref.importances).max())
     sys.stdout.write(
@@ -90,6 +95,10 @@ def run_case(label: str, model: Any, estimator: Any, X: np.ndarray, y: np.ndarra
         f"{getattr(model, 'device_used', None) or 'cpu'})  "
         f"vs default x{t_default / t_ours:5.2f}  vs best x{best / t_ours:5.2f}  "
         f"max|diff| {diff:.1e}\n")
+    if device == "cuda":
+        sys.stdout.write(
+            f"{'':<28} ours again, model already on the device {t_warm:7.3f}s  "
+            f"vs default x{t_default / t_warm:5.2f}  vs best x{best / t_warm:5.2f}\n")
 
 
 def main() -> None:
@@ -108,12 +117,16 @@ def main() -> None:
         for features in args.features:
             X, y = make_data(args.rows, features, seed=features)
             if "xgboost" in args.models:
+                import xgboost
+
                 est = xgboost.XGBRegressor(n_estimators=200, max_depth=6).fit(X, y)
                 path = Path(tmp) / f"xgb{features}.ubj"
                 est.get_booster().save_model(path)
                 run_case(f"xgboost {args.rows}x{features}", load_model(path, format="xgboost"),
                          est, X, y, args.repeats, args.device)
             if features == 30 and "onnx" in args.models:
+                from skl2onnx import to_onnx
+
                 mlp = MLPRegressor(hidden_layer_sizes=(64, 64), max_iter=20,
                                    random_state=0).fit(X[:5000], y[:5000])
                 onnx_path = Path(tmp) / "mlp.onnx"

@@ -10,6 +10,7 @@ library's numbers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -172,6 +173,46 @@ class LoadedModel:
                 "A regression model gives no probabilities; ask for output='raw' or 'label'."
             )
         return self._finish(from_margin(margin, output), output)
+
+    def permuted_predictor(
+        self,
+        X: npt.ArrayLike,
+        base: npt.NDArray[np.intp],
+        permutations: list[npt.NDArray[np.intp]],
+        *,
+        output: Output = "raw",
+        device: Device = "cpu",
+        rows_per_call: int,
+    ) -> Callable[[Sequence[int]], list[npt.NDArray[Any]]] | None:
+        """Predictions on permuted copies of X's rows, built where the model runs.
+
+        Returns ``predict(cols)``: for each permutation ``p``, what :meth:`predict` gives
+        for the rows ``X[base]`` with the columns ``cols`` taken from the rows ``X[p]``
+        (scikit-learn's shuffled columns: ``p = base[order]``). X and the indices go to the
+        device once; each call sends only which columns move (``models.onnx_permuted``).
+        None where the model cannot do this (not ONNX, a fixed batch size): predict then.
+        ``rows_per_call`` bounds the rows the model gets per library call.
+        """
+        permuted_runs = getattr(self._predictor, "permuted_runs", None)
+        if permuted_runs is None:
+            return None
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must have shape [n, {self.n_features}], got {list(X.shape)}")
+        if output == "probability" and self.task == "regression":
+            raise UnsupportedOutput(
+                "A regression model gives no probabilities; ask for output='raw' or 'label'."
+            )
+        self.device_used = self._predictor.use_device(device)
+        runs = permuted_runs(X, base, permutations, device, rows_per_call)
+        if runs is None:
+            return None
+        from_output = self._predictor.from_output  # type: ignore[attr-defined]
+
+        def predict(cols: Sequence[int]) -> list[npt.NDArray[Any]]:
+            return [self._finish(from_output(out, output), output) for out in runs.run(cols)]
+
+        return predict
 
     def _finish(self, values: npt.NDArray[Any], output: Output) -> npt.NDArray[Any]:
         if output == "label":

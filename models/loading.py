@@ -1048,16 +1048,54 @@ class _OnnxPredictor:
         return self.run(X)
 
     def probability(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        out = self.run(X)
-        if self._width == 1:
-            return _two_columns(out if self._is_probability else _sigmoid(out))
-        return out if self._is_probability else _softmax(out)
+        return self.from_output(self.run(X), "probability")
 
     def label(self, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
-        if self._task == "regression":
-            out = self.run(X)
+        return self.from_output(self.run(X), "label")
+
+    def from_output(self, out: npt.NDArray[np.float64], output: str) -> npt.NDArray[Any]:
+        """``raw``/``probability``/``label`` from the graph's output ``run`` returned."""
+        if output == "raw":
+            return out
+        if output == "label" and self._task == "regression":
             return out.reshape(-1) if self._width == 1 else out
-        return np.argmax(self.probability(X), axis=1)
+        if self._width == 1:
+            probability = _two_columns(out if self._is_probability else _sigmoid(out))
+        else:
+            probability = out if self._is_probability else _softmax(out)
+        return probability if output == "probability" else np.argmax(probability, axis=1)
+
+    def permuted_runs(self, X: npt.NDArray[Any], base: npt.NDArray[np.intp],
+                      permutations: list[npt.NDArray[np.intp]], device: Device,
+                      rows_per_call: int) -> Any:
+        """A :class:`models.onnx_permuted.PermutedRuns` on ``device`` (after ``use_device``),
+        or None where the graph has a fixed batch size or cannot be wrapped."""
+        from models.onnx_permuted import PermutedRuns, permuting_graph
+
+        if self._fixed_batch is not None:
+            return None
+        on_cuda = device == "cuda" and self._session is not self._sessions["cpu"]
+        key = "permuting-cuda" if on_cuda else "permuting-cpu"
+        if key not in self._sessions:
+            graph = permuting_graph(self._bytes, self._input, self._output, X.shape[1],
+                                    np.dtype(self._dtype))
+            if graph is None:
+                return None
+            providers: list[Any] = ["CPUExecutionProvider"]
+            if on_cuda:
+                providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
+            try:
+                session = _onnx_session(graph, providers, self._n_threads)
+            except InvalidModel as error:
+                logger.info("permuted copies stay on the host: %s", error)
+                return None
+            if on_cuda and "CUDAExecutionProvider" not in session.get_providers():
+                return None
+            self._sessions[key] = session
+        return PermutedRuns(self._sessions[key], self._output,
+                            np.asarray(X, dtype=self._dtype), base, permutations,
+                            device="cuda" if on_cuda else "cpu",
+                            rows_per_call=rows_per_call)
 
 
 # ------------------------------------------------------------------------ TorchScript

@@ -198,10 +198,3 @@ def model_data() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return make_data()
 
 
-def onnx_cuda_available() -> bool:
-    """A CUDA GPU here and onnxruntime's CUDA provider (onnxruntime-gpu) to use it."""
-    import onnxruntime
-
-    from service.jobs.worker import detect_gpu
-
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and detect_gpu()

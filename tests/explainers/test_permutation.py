@@ -14,7 +14,6 @@ import pytest
 import skops.io
 import xgboost
 from skl2onnx import to_onnx
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.inspection import permutation_importance as sklearn_permutation_importance
 from sklearn.linear_model import LinearRegression
@@ -32,7 +31,7 @@ from explainers.permutation_figures import draw_importance
 from explainers.progress import Cancelled
 from models.loaded import LoadedModel
 from models.loading import load_model
-from tests.model_files import onnx_cuda_available
+from tests.onnx_reference import OnnxClassifier, OnnxRegressor, onnx_file
 
 TOL = 1e-9
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -116,51 +115,6 @@ def test_random_forest_multiclass_matches_sklearn(regression_data, scoring, tmp_
     assert_same_as_sklearn(saved(tmp_path / "model.skops", "sklearn"), est, X, y, scoring)
 
 
-class OnnxRegressor(RegressorMixin, BaseEstimator):
-    """A fitted estimator that predicts through onnxruntime (scikit-learn's reference)."""
-
-    def __init__(self, session: Any = None) -> None:
-        self.session = session
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> OnnxRegressor:
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        name = self.session.get_inputs()[0].name
-        return self.session.run(None, {name: X.astype(np.float32)})[0].reshape(-1)
-
-
-class OnnxClassifier(ClassifierMixin, BaseEstimator):
-    def __init__(self, session: Any = None, classes: Any = None) -> None:
-        self.session = session
-        self.classes = classes
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> OnnxClassifier:
-        return self
-
-    @property
-    def classes_(self) -> np.ndarray:
-        return np.asarray(self.classes)
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        name = self.session.get_inputs()[0].name
-        # float64 like LoadedModel: scikit-learn computes log_loss in float32 when given
-        # float32 probabilities (1e-7 off), and in float64, as we do, otherwise.
-        probabilities = self.session.run(["probabilities"], {name: X.astype(np.float32)})[0]
-        return probabilities.astype(np.float64)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        name = self.session.get_inputs()[0].name
-        return self.session.run(["label"], {name: X.astype(np.float32)})[0]
-
-
-def onnx_file(estimator: Any, X: np.ndarray, path: Path, **options: Any) -> Any:
-    """Convert ``estimator`` to ONNX at ``path``; return an onnxruntime session on it."""
-    path.write_bytes(to_onnx(estimator, X[:1].astype(np.float32),
-                             options=options).SerializeToString())
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 @pytest.mark.parametrize("scoring", ["r2", "neg_mean_squared_error"])
 def test_onnx_mlp_regressor_matches_sklearn(regression_data, scoring, tmp_path):
     X, y = regression_data
@@ -179,6 +133,155 @@ def test_onnx_mlp_classifier_matches_sklearn(regression_data, scoring, tmp_path)
     reference = OnnxClassifier(session, [0, 1]).fit(X, y)
     model = saved(tmp_path / "model.onnx", "onnx")
     assert_same_as_sklearn(model, reference, X, y, scoring)
+
+
+@pytest.mark.parametrize(("scoring", "max_samples"),
+                         [("r2", 1.0), ("neg_mean_squared_error", 0.6)])
+def test_onnx_regressor_with_copies_built_in_the_graph_matches_sklearn(
+        regression_data, scoring, max_samples, tmp_path):
+    """path="graph" builds each permuted copy in nodes in front of the model (what a GPU
+    run does); on the CPU that is scikit-learn's numbers exactly, subsample included."""
+    X, y = regression_data
+    mlp = MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
+    reference = OnnxRegressor(onnx_file(mlp, X, tmp_path / "model.onnx")).fit(X, y)
+    model = saved(tmp_path / "model.onnx", "onnx")
+    assert_same_as_sklearn(model, reference, X, y, scoring, path="graph",
+                           max_samples=max_samples)
+    names = [f"x{j}" for j in range(X.shape[1])]
+    result = permutation_importance(model, X, y, feature_names=names, path="graph")
+    assert result.provenance["path"] == "graph"
+
+
+@pytest.mark.parametrize("scoring", ["accuracy", "roc_auc", "neg_log_loss"])
+def test_onnx_classifier_with_copies_built_in_the_graph_matches_sklearn(
+        regression_data, scoring, tmp_path):
+    X, target = regression_data
+    y = (target > 0).astype(np.int64)
+    mlp = MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
+    session = onnx_file(mlp, X, tmp_path / "model.onnx", zipmap=False)
+    reference = OnnxClassifier(session, [0, 1]).fit(X, y)
+    model = saved(tmp_path / "model.onnx", "onnx")
+    assert_same_as_sklearn(model, reference, X, y, scoring, path="graph")
+
+
+def test_copies_built_in_the_graph_equal_copies_made_on_the_host(regression_data,
+                                                                 tmp_path, monkeypatch):
+    """Groups and calls that split the rows (a bound below one repeat's rows) give exactly
+    the scores of copies made on the host."""
+    from explainers import permutation as module
+
+    X, y = regression_data
+    mlp = MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
+    onnx_file(mlp, X, tmp_path / "model.onnx")
+    model = saved(tmp_path / "model.onnx", "onnx")
+    names = [f"x{j}" for j in range(X.shape[1])]
+    options = dict(scoring="neg_mean_absolute_error", feature_names=names,
+                   features=[["x0"], ["x1", "x2"], ["x4", "x3"]], n_repeats=4,
+                   random_state=3, max_samples=0.9)
+    plain = permutation_importance(model, X, y, path="plain", **options)
+    # 90 rows per call: each repeat's 360 rows in four calls
+    monkeypatch.setitem(module.GRAPH_ROWS, "cpu", 90)
+    split = permutation_importance(model, X, y, path="graph", **options)
+    monkeypatch.setitem(module.GRAPH_ROWS, "cpu", 10_000)
+    whole = permutation_importance(model, X, y, path="graph", **options)
+    assert split.provenance["path"] == whole.provenance["path"] == "graph"
+    assert np.abs(plain.importances).max() > 1e-3
+    np.testing.assert_array_equal(split.importances, plain.importances)
+    np.testing.assert_array_equal(whole.importances, plain.importances)
+
+
+@pytest.mark.parametrize("rows_per_call", [1_000, 70])
+def test_graph_copies_carry_nan_and_infinity(regression_data, tmp_path, rows_per_call):
+    """The nodes in front of the model select values, never compute with them: NaN and
+    infinities reach the model as they are, in every output form."""
+    X, target = regression_data
+    y = (target > 0).astype(np.int64)
+    mlp = MLPClassifier(hidden_layer_sizes=(8,), max_iter=200, random_state=0).fit(X, y)
+    onnx_file(mlp, X, tmp_path / "model.onnx", zipmap=False)
+    model = saved(tmp_path / "model.onnx", "onnx")
+    X = X.copy()
+    X[::7, 1] = np.nan
+    X[3, 2] = np.inf
+    X[5, 2] = -np.inf
+    rng = np.random.default_rng(4)
+    base = np.sort(rng.choice(X.shape[0], size=300, replace=False))
+    orders = [rng.permutation(300) for _ in range(3)]
+    for output in ("raw", "probability", "label"):
+        predict = model.permuted_predictor(X, base, [base[o] for o in orders],
+                                           output=output, rows_per_call=rows_per_call)
+        assert predict is not None
+        for cols in ([1], [2, 0]):
+            for order, got in zip(orders, predict(cols), strict=True):
+                copy = X[base].copy()
+                copy[:, cols] = X[base[order]][:, cols]
+                expected = model.predict(copy, output=output)
+                assert got.dtype == expected.dtype
+                np.testing.assert_array_equal(got, expected)
+
+
+def test_graph_that_cannot_be_wrapped_takes_the_plain_path(regression_data, tmp_path):
+    """A graph whose names collide with the nodes put in front of it keeps its copies on
+    the host, with the same numbers."""
+    import onnx
+
+    X, y = regression_data
+    mlp = MLPRegressor(hidden_layer_sizes=(8,), max_iter=200, random_state=0).fit(X, y)
+    proto = to_onnx(mlp, X[:1].astype(np.float32))
+    first = proto.graph.node[0].output[0]  # an inner tensor takes one of our names
+    for node in proto.graph.node:
+        node.output[:] = ["tabxai_permute_mask" if n == first else n for n in node.output]
+        node.input[:] = ["tabxai_permute_mask" if n == first else n for n in node.input]
+    onnx.checker.check_model(proto)
+    (tmp_path / "model.onnx").write_bytes(proto.SerializeToString())
+    reference = OnnxRegressor(onnxruntime.InferenceSession(
+        str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])).fit(X, y)
+    model = saved(tmp_path / "model.onnx", "onnx")
+    names = [f"x{j}" for j in range(X.shape[1])]
+    ours = permutation_importance(model, X, y, feature_names=names, path="graph",
+                                  n_repeats=3, random_state=7)
+    assert ours.provenance["path"] == "plain"
+    expected = sklearn_permutation_importance(reference, X, y, n_repeats=3, random_state=7)
+    np.testing.assert_allclose(ours.importances, expected.importances, rtol=0, atol=TOL)
+
+
+class RoundedProbabilities:
+    """A binary classifier whose float32 probabilities overshoot 1 by rounding, as a
+    sigmoid on a GPU gives them (1.0000001192092896)."""
+
+    task = "binary"
+    classes = [0, 1]
+
+    def predict(self, X: np.ndarray, *, output: str = "label", device: str = "cpu",
+                batch_rows: int | None = None) -> np.ndarray:
+        p = np.float32(1) / (np.float32(1) + np.exp(-4 * X[:, 0].astype(np.float32)))
+        p = np.where(X[:, 0] > 2.5, np.nextafter(np.float32(1), np.float32(2)), p)
+        p = p.astype(np.float64)
+        if output == "label":
+            return (p > 0.5).astype(np.int64)
+        return np.column_stack([1 - p, p])
+
+
+def test_probabilities_over_one_by_float32_rounding_are_clipped(regression_data):
+    """scikit-learn's log loss refuses 1.0000001; the clipped probabilities score as the
+    exact ones would, and a real overshoot is still refused by the metric."""
+    from sklearn.metrics import log_loss
+
+    X, target = regression_data
+    X = X.copy()
+    X[:5, 0] = 3.0
+    y = (target > 0).astype(np.int64)
+    model = RoundedProbabilities()
+    assert model.predict(X, output="probability").max() > 1.0
+    result = permutation_importance(model, X, y, scoring="neg_log_loss",
+                                    feature_names=[f"x{j}" for j in range(5)], n_repeats=2)
+    clipped = np.clip(model.predict(X, output="probability")[:, 1], 0.0, 1.0)
+    assert result.baseline_score == -log_loss(y, clipped)
+    assert np.isfinite(result.importances).all() and result.importances[0].min() > 0
+    from explainers.permutation import _within_unit_interval
+
+    assert _within_unit_interval(np.array([0.2, 1.5])).max() == 1.5
+    exact = np.array([0.0, 0.5, 1.0])
+    assert _within_unit_interval(exact) is exact
 
 
 def test_linear_model_importance_is_twice_coef_squared():
@@ -362,6 +465,39 @@ def test_cancel_stops_the_run(regression_data):
                                progress=cancel_after_two)
 
 
+def test_graph_path_reports_each_feature_and_stops_when_cancelled(regression_data,
+                                                                   tmp_path):
+    X, y = regression_data
+    mlp = MLPRegressor(hidden_layer_sizes=(8,), max_iter=200, random_state=0).fit(X, y)
+    onnx_file(mlp, X, tmp_path / "model.onnx")
+    model = saved(tmp_path / "model.onnx", "onnx")
+    names = [f"x{j}" for j in range(5)]
+    seen: list[float] = []
+    permutation_importance(model, X, y, feature_names=names, path="graph",
+                           progress=lambda fraction, stage: seen.append(fraction))
+    assert seen == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+    calls: list[int] = []
+    predict = model.permuted_predictor
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        inner = predict(*args, **kwargs)
+        return lambda cols: (calls.append(1), inner(cols))[1]
+
+    model.permuted_predictor = counting  # type: ignore[method-assign]
+    fractions: list[float] = []
+
+    def cancel_after_two(fraction: float, stage: str) -> None:
+        fractions.append(fraction)
+        if len(fractions) > 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        permutation_importance(model, X, y, feature_names=names, path="graph",
+                               progress=cancel_after_two)
+    assert len(calls) == 2  # the two features scored before the cancel
+
+
 def test_threaded_run_reports_progress_once_per_feature(regression_data):
     X, y = regression_data
     est = LinearRegression().fit(X, y)
@@ -392,25 +528,3 @@ def test_summary_is_sorted_json_and_figure_renders(regression_data):
         buffer = io.BytesIO()
         figure.savefig(buffer, format=fmt)
         assert magic in buffer.getvalue()[:400]
-
-
-@pytest.mark.skipif(not onnx_cuda_available(),
-                    reason="no CUDA GPU with onnxruntime's CUDA provider (onnxruntime-gpu) here")
-@pytest.mark.parametrize("scoring", ["r2", "neg_mean_squared_error"])
-def test_onnx_mlp_on_cuda_matches_sklearn_to_float32(regression_data, scoring, tmp_path):
-    """On the GPU the MLP runs in float32 CUDA kernels: scikit-learn's numbers (computed
-    through onnxruntime on the CPU) to float32 rounding, not bit for bit."""
-    X, y = regression_data
-    mlp = MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
-    reference_model = OnnxRegressor(onnx_file(mlp, X, tmp_path / "model.onnx")).fit(X, y)
-    model = saved(tmp_path / "model.onnx", "onnx")
-    names = [f"x{j}" for j in range(X.shape[1])]
-    ours = permutation_importance(model, X, y, scoring=scoring, feature_names=names,
-                                  n_repeats=3, random_state=7, device="cuda")
-    assert model.device_used == "cuda"
-    reference = sklearn_permutation_importance(reference_model, X, y, scoring=scoring,
-                                               n_repeats=3, random_state=7)
-    scale = np.abs(reference.importances).max()
-    assert scale > 1e-3
-    np.testing.assert_allclose(ours.importances, reference.importances, rtol=0,
-                               atol=1e-5 * max(scale, 1.0))

@@ -30,7 +30,8 @@ from models.errors import (
 from models.loaded import LoadedModel
 from models.loading import load_model
 from models.readers import NotATreeModel
-from tests.model_files import FEATURE_NAMES, SavedModel, onnx_cuda_available
+from tests.model_files import FEATURE_NAMES, SavedModel
+from tests.onnx_reference import onnx_cuda_available
 
 FORMAT_OF = {"xgboost": "xgboost", "lightgbm": "lightgbm", "sklearn": "sklearn", "onnx": "onnx"}
 
