@@ -973,6 +973,13 @@ def _onnx_class_labels(proto: Any, n_classes: int) -> list[Any] | None:
     return None
 
 
+# Rows per onnxruntime call on the CPU. Each row's output does not depend on the call's
+# other rows (tested bit for bit), and calls this size keep a network's hidden layers in
+# cache: a 64-64 MLP on 50,000 x 30 took 5.1 ms in one call and 2.4 ms in five (2 cores;
+# 2.4 ms from 2,000 to 25,000 rows per call, 3.0 ms at 1,000).
+ONNX_CPU_CALL_ROWS = 10_000
+
+
 class _OnnxPredictor:
     def __init__(
         self,
@@ -1031,8 +1038,14 @@ class _OnnxPredictor:
     def run(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         X = X.astype(self._dtype, copy=False)
         if self._fixed_batch is None:
-            out = self._session.run([self._output], {self._input: X})[0]
-            return np.asarray(out, dtype=np.float64).reshape(X.shape[0], -1)
+            step = X.shape[0] if self._session is not self._sessions["cpu"] \
+                else ONNX_CPU_CALL_ROWS
+            if X.shape[0] <= step:
+                out = self._session.run([self._output], {self._input: X})[0]
+                return np.asarray(out, dtype=np.float64).reshape(X.shape[0], -1)
+            parts = [self._session.run([self._output], {self._input: X[a:a + step]})[0]
+                     for a in range(0, X.shape[0], step)]
+            return np.asarray(np.concatenate(parts), dtype=np.float64).reshape(X.shape[0], -1)
         # A graph with a static batch size takes exactly that many rows per call.
         b = self._fixed_batch
         parts = []

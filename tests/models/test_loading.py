@@ -173,6 +173,28 @@ def test_onnx_takes_float32_rows_as_they_are(saved_models: dict[str, SavedModel]
     assert _load(saved_models["xgboost_binary_json"]).input_dtype == np.float64
 
 
+@pytest.mark.parametrize("name", ["onnx_mlp_regression", "onnx_mlp_multiclass"])
+def test_onnx_on_the_cpu_splits_large_calls_without_changing_a_bit(
+        saved_models: dict[str, SavedModel], name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows go to onnxruntime in calls of ONNX_CPU_CALL_ROWS (cache-sized); every row's
+    output is the one a single call over all rows gives."""
+    import onnxruntime
+
+    from models import loading
+
+    saved = saved_models[name]
+    rows = np.repeat(saved.X, 7, axis=0)[:-3]
+    session = onnxruntime.InferenceSession(str(saved.path), providers=["CPUExecutionProvider"])
+    graph_input = session.get_inputs()[0].name
+    whole = session.run(None, {graph_input: rows.astype(np.float32)})
+    expected = whole[1] if len(whole) > 1 else whole[0]  # probabilities, or the prediction
+    model = _load(saved)
+    monkeypatch.setattr(loading, "ONNX_CPU_CALL_ROWS", 17)
+    assert rows.shape[0] > 3 * 17
+    got = model.predict(rows, output="raw")
+    assert_array_equal(got, np.asarray(expected, dtype=np.float64).reshape(rows.shape[0], -1))
+
+
 @pytest.mark.skipif(not onnx_cuda_available(),
                     reason="no CUDA GPU with onnxruntime's CUDA provider (onnxruntime-gpu) here")
 @pytest.mark.parametrize("name", ["onnx_mlp_regression", "onnx_mlp_multiclass"])
