@@ -2,7 +2,8 @@
 
 Cases: 50,000 x 30 with XGBoost (200 trees, depth 6) and an ONNX MLP, and 50,000 x 300
 with XGBoost. For each: scikit-learn's default (n_jobs=None), scikit-learn n_jobs=-1, and
-ours (every core, or the GPU with ``--device cuda``), all in one process; prints seconds,
+ours (every core, or the GPU with ``--device cuda``), all in one process; then the same
+as a job of a real ``tabxai serve`` (upload excluded; POST to succeeded); prints seconds,
 ratios and the largest difference. scikit-learn always runs on the CPU, as a user calls it.
 On the GPU an ONNX model runs in float32 on CUDA kernels, so its differences from
 scikit-learn are float32 rounding (about 1e-6 of the score) rather than 0.
@@ -71,8 +72,47 @@ def timed(call: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def run_job(path: Path, X: np.ndarray, y: np.ndarray, repeats: int, device: str,
+            job_repeat: int, expected: np.ndarray) -> float:
+    """The same case as a job of a real ``tabxai serve`` (SQLite, one worker): upload the
+    model and the data (excluded), then POST to succeeded, ``job_repeat`` times; the best
+    counts (the machine is shared). Checks the job's importances against the function's."""
+    import pandas as pd
+
+    from bench.tree_shap import running_service
+
+    names = [f"x{j}" for j in range(X.shape[1])]
+    frame = pd.DataFrame(X, columns=names)
+    frame["y"] = y
+    data_path = path.with_suffix(".parquet")
+    frame.to_parquet(data_path, index=False)
+    service_dir = path.parent / f"service-{path.stem}"
+    service_dir.mkdir(exist_ok=True)
+    with running_service(service_dir, workers=1, device=device) as service:
+        model_id = service.upload_model(path)
+        with data_path.open("rb") as f:
+            response = service.client.post(
+                "/v1/datasets?name=bench&target=y", content=f,
+                headers={"Content-Type": "application/vnd.apache.parquet"})
+        if response.status_code != 201:
+            raise RuntimeError(f"upload: {response.status_code} {response.text}")
+        body = {"kind": "permutation_importance", "model_id": model_id,
+                "dataset_id": response.json()["id"], "device": device,
+                "params": {"n_repeats": repeats, "random_state": 0}}
+        timings = [service.run_job(body) for _ in range(job_repeat)]
+        best = min(timings, key=lambda t: t.seconds)
+        summary = service.client.get(f"/v1/jobs/{best.job_id}/result").json()
+    got = np.array([entry["values"] for entry in sorted(summary["importances"],
+                                                         key=lambda e: e["index"])])
+    diff = float(np.abs(got - expected).max())
+    if diff > 1e-9:
+        raise AssertionError(f"the job's importances differ from the function's by {diff}")
+    return best.seconds
+
+
 def run_case(label: str, model: Any, estimator: Any, X: np.ndarray, y: np.ndarray,
-             repeats: int, device: str = "cpu") -> None:
+             repeats: int, device: str = "cpu", path: Path | None = None,
+             job_repeat: int = 0) -> None:
     names = [f"x{j}" for j in range(X.shape[1])]
     t_default, ref = timed(lambda: sklearn_permutation_importance(
         estimator, X, y, n_repeats=repeats, random_state=0))
@@ -99,6 +139,12 @@ def run_case(label: str, model: Any, estimator: Any, X: np.ndarray, y: np.ndarra
         sys.stdout.write(
             f"{'':<28} ours again, model already on the device {t_warm:7.3f}s  "
             f"vs default x{t_default / t_warm:5.2f}  vs best x{best / t_warm:5.2f}\n")
+    if path is not None and job_repeat > 0:
+        t_job = run_job(path, X, y, repeats, device, job_repeat, ours.importances)
+        sys.stdout.write(
+            f"{'':<28} job end to end (POST to succeeded, best of {job_repeat}) "
+            f"{t_job:7.2f}s  vs default x{t_default / t_job:5.2f}  "
+            f"vs best x{best / t_job:5.2f}  (importances equal to the function's)\n")
 
 
 def main() -> None:
@@ -111,6 +157,8 @@ def main() -> None:
                         help="where our function predicts (the job's device)")
     parser.add_argument("--models", nargs="+", choices=["xgboost", "onnx"],
                         default=["xgboost", "onnx"])
+    parser.add_argument("--job-repeat", type=int, default=2,
+                        help="jobs per case through a real service, best counts (0: none)")
     args = parser.parse_args()
     sys.stdout.write(f"{args.rows} rows, {args.repeats} repeats, ours on {args.device}\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +171,7 @@ def main() -> None:
                 path = Path(tmp) / f"xgb{features}.ubj"
                 est.get_booster().save_model(path)
                 run_case(f"xgboost {args.rows}x{features}", load_model(path, format="xgboost"),
-                         est, X, y, args.repeats, args.device)
+                         est, X, y, args.repeats, args.device, path, args.job_repeat)
             if features == 30 and "onnx" in args.models:
                 from skl2onnx import to_onnx
 
@@ -135,7 +183,7 @@ def main() -> None:
                 run_case(f"onnx mlp {args.rows}x{features}",
                          load_model(onnx_path, format="onnx"),
                          OnnxRegressor(str(onnx_path)).fit(X, y), X, y, args.repeats,
-                         args.device)
+                         args.device, onnx_path, args.job_repeat)
 
 
 if __name__ == "__main__":
