@@ -134,12 +134,7 @@ class LoadedModel:
         X = np.asarray(X)
         X = np.ascontiguousarray(X, dtype=X.dtype if X.dtype == self.input_dtype
                                  else np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(f"X must have shape [n, {self.n_features}], got {list(X.shape)}")
-        if output == "probability" and self.task == "regression":
-            raise UnsupportedOutput(
-                "A regression model gives no probabilities; ask for output='raw' or 'label'."
-            )
+        self._check(X, output)
         self.device_used = self._predictor.use_device(device)
         compute = {
             "raw": self._predictor.raw,
@@ -197,12 +192,7 @@ class LoadedModel:
         if permuted_runs is None:
             return None
         X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(f"X must have shape [n, {self.n_features}], got {list(X.shape)}")
-        if output == "probability" and self.task == "regression":
-            raise UnsupportedOutput(
-                "A regression model gives no probabilities; ask for output='raw' or 'label'."
-            )
+        self._check(X, output)
         self.device_used = self._predictor.use_device(device)
         runs = permuted_runs(X, base, permutations, device, rows_per_call)
         if runs is None:
@@ -213,6 +203,14 @@ class LoadedModel:
             return [self._finish(from_output(out, output), output) for out in runs.run(cols)]
 
         return predict
+
+    def _check(self, X: np.ndarray, output: Output) -> None:
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must have shape [n, {self.n_features}], got {list(X.shape)}")
+        if output == "probability" and self.task == "regression":
+            raise UnsupportedOutput(
+                "A regression model gives no probabilities; ask for output='raw' or 'label'."
+            )
 
     def _finish(self, values: npt.NDArray[Any], output: Output) -> npt.NDArray[Any]:
         if output == "label":

@@ -115,53 +115,34 @@ def test_random_forest_multiclass_matches_sklearn(regression_data, scoring, tmp_
     assert_same_as_sklearn(saved(tmp_path / "model.skops", "sklearn"), est, X, y, scoring)
 
 
-@pytest.mark.parametrize("scoring", ["r2", "neg_mean_squared_error"])
-def test_onnx_mlp_regressor_matches_sklearn(regression_data, scoring, tmp_path):
+# path="graph" builds each permuted copy in nodes in front of the model (what a GPU run
+# does); on the CPU that too is scikit-learn's numbers exactly, subsample included.
+@pytest.mark.parametrize(("scoring", "path", "max_samples"), [
+    ("r2", "auto", 1.0), ("neg_mean_squared_error", "auto", 1.0),
+    ("r2", "graph", 1.0), ("neg_mean_squared_error", "graph", 0.6)])
+def test_onnx_mlp_regressor_matches_sklearn(regression_data, scoring, path, max_samples,
+                                            tmp_path):
     X, y = regression_data
     mlp = MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
     reference = OnnxRegressor(onnx_file(mlp, X, tmp_path / "model.onnx")).fit(X, y)
     model = saved(tmp_path / "model.onnx", "onnx")
-    assert_same_as_sklearn(model, reference, X, y, scoring)
-
-
-@pytest.mark.parametrize("scoring", ["accuracy", "roc_auc", "neg_log_loss"])
-def test_onnx_mlp_classifier_matches_sklearn(regression_data, scoring, tmp_path):
-    X, target = regression_data
-    y = (target > 0).astype(np.int64)
-    mlp = MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
-    session = onnx_file(mlp, X, tmp_path / "model.onnx", zipmap=False)
-    reference = OnnxClassifier(session, [0, 1]).fit(X, y)
-    model = saved(tmp_path / "model.onnx", "onnx")
-    assert_same_as_sklearn(model, reference, X, y, scoring)
-
-
-@pytest.mark.parametrize(("scoring", "max_samples"),
-                         [("r2", 1.0), ("neg_mean_squared_error", 0.6)])
-def test_onnx_regressor_with_copies_built_in_the_graph_matches_sklearn(
-        regression_data, scoring, max_samples, tmp_path):
-    """path="graph" builds each permuted copy in nodes in front of the model (what a GPU
-    run does); on the CPU that is scikit-learn's numbers exactly, subsample included."""
-    X, y = regression_data
-    mlp = MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
-    reference = OnnxRegressor(onnx_file(mlp, X, tmp_path / "model.onnx")).fit(X, y)
-    model = saved(tmp_path / "model.onnx", "onnx")
-    assert_same_as_sklearn(model, reference, X, y, scoring, path="graph",
+    assert_same_as_sklearn(model, reference, X, y, scoring, path=path,
                            max_samples=max_samples)
-    names = [f"x{j}" for j in range(X.shape[1])]
-    result = permutation_importance(model, X, y, feature_names=names, path="graph")
-    assert result.provenance["path"] == "graph"
+    result = permutation_importance(model, X, y, feature_names=[f"x{j}" for j in range(5)],
+                                    path=path)
+    assert result.provenance["path"] == ("graph" if path == "graph" else "plain")
 
 
+@pytest.mark.parametrize("path", ["auto", "graph"])
 @pytest.mark.parametrize("scoring", ["accuracy", "roc_auc", "neg_log_loss"])
-def test_onnx_classifier_with_copies_built_in_the_graph_matches_sklearn(
-        regression_data, scoring, tmp_path):
+def test_onnx_mlp_classifier_matches_sklearn(regression_data, scoring, path, tmp_path):
     X, target = regression_data
     y = (target > 0).astype(np.int64)
     mlp = MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(X, y)
     session = onnx_file(mlp, X, tmp_path / "model.onnx", zipmap=False)
     reference = OnnxClassifier(session, [0, 1]).fit(X, y)
     model = saved(tmp_path / "model.onnx", "onnx")
-    assert_same_as_sklearn(model, reference, X, y, scoring, path="graph")
+    assert_same_as_sklearn(model, reference, X, y, scoring, path=path)
 
 
 def test_copies_built_in_the_graph_equal_copies_made_on_the_host(regression_data,
