@@ -93,10 +93,17 @@ def rows_per_second(model: ModelInfo | None, n_threads: int = 2) -> float:
 
 
 def provenance(**extra: Any) -> dict[str, Any]:
-    import lightgbm
-    import sklearn
-    import xgboost
+    # Versions from the installed distributions, not by importing each library: a job
+    # that never uses LightGBM does not load it (a GPU host without it ran no job).
+    return {"library_versions": {"numpy": np.__version__, **{
+        name: _installed_version(name) for name in ("xgboost", "lightgbm", "scikit-learn")}},
+        **extra}
 
-    return {"library_versions": {"numpy": np.__version__, "xgboost": xgboost.__version__,
-                                 "lightgbm": lightgbm.__version__,
-                                 "scikit-learn": sklearn.__version__}, **extra}
+
+def _installed_version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None

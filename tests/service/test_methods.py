@@ -176,6 +176,13 @@ def test_permutation_importance_equals_scikit_learn(
         np.testing.assert_allclose(by_name[name]["values"], reference.importances[j],
                                    atol=1e-9)
     assert summary["scoring"] == "neg_log_loss"
+    import lightgbm
+    import sklearn
+    import xgboost
+
+    assert summary["provenance"]["library_versions"] == {
+        "numpy": np.__version__, "xgboost": xgboost.__version__,
+        "lightgbm": lightgbm.__version__, "scikit-learn": sklearn.__version__}
     _plots_render(client, job["id"], {"importance"})
 
 
