@@ -1,6 +1,6 @@
 """Benchmark the job queue: latency from POST to running, and claim throughput.
 
-    .venv/bin/python -m bench.job_queue                      # SQLite (polling)
+    .venv/bin/python -m bench.job_queue                      # SQLite (named-pipe wake-up)
     .venv/bin/python -m bench.job_queue --database-url postgresql+psycopg:///test
                                                          # PostgreSQL (LISTEN/NOTIFY)
 
@@ -85,7 +85,7 @@ def _bench(url: str, tmp: Path, latency_jobs: int, throughput_jobs: int) -> None
     db = Database(url)
     upgrade(db.engine)
     backend = "PostgreSQL (LISTEN/NOTIFY)" if not db.is_sqlite else \
-        f"SQLite (polling every {settings.poll_seconds} s)"
+        f"SQLite (named-pipe wake-up; polling every {settings.poll_seconds} s behind it)"
     print(f"backend: {backend}")
     with TestClient(create_app(settings, migrate=False)) as client:
         dataset = client.post("/v1/datasets?name=b", content="a,b\n1,2\n",

@@ -26,6 +26,7 @@ from service.db import Database, utcnow
 from service.errors import Conflict, NotFound, Unprocessable
 from service.ids import new_id
 from service.jobs.kinds import CheckContext, DatasetInfo, JobKind, get_kind, kind_names
+from service.jobs.local_wakeup import announce
 from service.jobs.queue import immediate_session, notify_job_queued
 from service.jobs.schemas import JobCreate, JobError, JobOut
 from service.jobs.tables import (
@@ -117,6 +118,8 @@ def enqueue_job(db: Database, settings: Settings, workspace_id: str, checked: Ch
                 raise
             return earlier, True
         notify_job_queued(session, job.queue)
+    if db.is_sqlite:  # committed: wake this machine's idle workers (PostgreSQL: NOTIFY)
+        announce(settings.data_dir)
     log.info("job queued", extra={"event": "job_queued", "job_id": job.id,
                                   "kind": job.kind, "queue": job.queue})
     return job, False

@@ -17,8 +17,9 @@ claiming a job, starting a *job process* for it and supervising it until it ends
 - SIGTERM/SIGINT: stop claiming, kill the running job processes, give their jobs back
   (queued again, the attempt not counted), exit.
 - Wake-up: on PostgreSQL a dedicated connection LISTENs for the NOTIFY sent with each
-  new job; every slot also polls every ``TABXAI_POLL_SECONDS`` (the only way on SQLite,
-  and the fallback while that connection is down). Database errors in the loop are
+  new job; on SQLite the worker reads a named pipe that the process queueing a job
+  writes to (``service.jobs.local_wakeup``); every slot also polls every
+  ``TABXAI_POLL_SECONDS`` (the fallback while either is down). Database errors in the loop are
   logged and retried with backoff, so a database restart pauses the worker, no more.
 """
 
@@ -56,6 +57,7 @@ from service.config import Settings
 from service.db import Database
 from service.jobs import kinds as kind_registry
 from service.jobs.kinds import DatasetInfo, JobInputError, JobOutput, RunContext
+from service.jobs.local_wakeup import LocalWakeup
 from service.jobs.queue import (
     NOTIFY_CHANNEL,
     Lease,
@@ -183,6 +185,11 @@ class Worker:
             threads.append(threading.Thread(
                 target=_listen, args=(self.settings.resolved_database_url, self.wakeup, stop),
                 name="tabxai-listen", daemon=True))
+        else:
+            pipe = LocalWakeup(self.settings.data_dir)
+            if pipe.open():
+                threads.append(threading.Thread(target=pipe.run, args=(self.wakeup, stop),
+                                                name="tabxai-wakeup", daemon=True))
         log.info("worker started", extra={"event": "worker_started", "worker": self.name,
                                           "device": self.device, "kinds": self._kinds,
                                           "concurrency": self.concurrency})

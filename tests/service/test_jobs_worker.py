@@ -66,6 +66,26 @@ def test_events_follow_a_job_to_its_result(client: TestClient, db: Database,
     assert rows == list(range(6))
 
 
+def test_an_idle_worker_starts_a_new_job_at_once(client: TestClient, db: Database,
+                                                 settings: Settings) -> None:
+    """Not at its next poll: NOTIFY on PostgreSQL, the worker's named pipe on SQLite."""
+    import time
+
+    dataset_id = upload_dataset(client)
+    with running_worker(db, fast_settings(settings, poll_seconds=60.0)):
+        if db.is_sqlite:
+            wait_for(lambda: list((settings.data_dir / "wakeup").glob("*.fifo")),
+                     what="the worker's wake-up pipe")
+        time.sleep(1.0)  # past the worker's first claim: it sleeps until woken
+        job_id = post_job(client, "test_sleep", dataset_id, steps=1, step_seconds=0.0)["id"]
+        job = wait_final(db, job_id, timeout=15.0)
+    assert job.status == "succeeded"
+    assert (job.started_at - job.created_at).total_seconds() < 10.0  # the poll is 60 s
+    if db.is_sqlite:
+        assert not list((settings.data_dir / "wakeup").glob("*.fifo")), \
+            "a stopped worker removes its pipe"
+
+
 def test_bad_input_fails_at_once(client: TestClient, db: Database, settings: Settings) -> None:
     dataset_id = upload_dataset(client)
     job_id = post_job(client, "test_fail", dataset_id, code="too_many_rows",
