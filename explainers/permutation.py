@@ -393,6 +393,9 @@ def permutation_importance(
 # when asked for, path="graph") calls small enough for the hidden layers to stay in cache.
 GRAPH_ROWS = {"cuda": 400_000, "cpu": 10_000}
 GRAPH_BYTES = {"cuda": 256 << 20, "cpu": 8 << 20}
+# The rows and the permutations stay on the device for the whole run; larger inputs take
+# the host path, which sends a bounded batch at a time.
+GRAPH_MAX_RESIDENT_BYTES = 2 << 30
 
 
 def _in_graph(model: Predictor, X: np.ndarray, rows: npt.NDArray[np.intp] | None,
@@ -411,6 +414,9 @@ def _in_graph(model: Predictor, X: np.ndarray, rows: npt.NDArray[np.intp] | None
         return None
     base = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
     itemsize = np.dtype(getattr(model, "input_dtype", np.float64)).itemsize
+    resident = X.shape[0] * X.shape[1] * itemsize + 8 * base.shape[0] * (len(permutations) + 1)
+    if resident > GRAPH_MAX_RESIDENT_BYTES:
+        return None
     where = "cuda" if device == "cuda" else "cpu"
     rows_per_call = max(1, min(GRAPH_ROWS[where],
                                GRAPH_BYTES[where] // (3 * itemsize * X.shape[1])))

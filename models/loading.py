@@ -1105,10 +1105,17 @@ class _OnnxPredictor:
             if on_cuda and "CUDAExecutionProvider" not in session.get_providers():
                 return None
             self._sessions[key] = session
-        return PermutedRuns(self._sessions[key], self._output,
-                            np.asarray(X, dtype=self._dtype), base, permutations,
-                            device="cuda" if on_cuda else "cpu",
-                            rows_per_call=rows_per_call)
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+        try:
+            return PermutedRuns(self._sessions[key], self._output,
+                                np.asarray(X, dtype=self._dtype), base, permutations,
+                                device="cuda" if on_cuda else "cpu",
+                                rows_per_call=rows_per_call)
+        except (ort_state.Fail, ort_state.RuntimeException) as error:  # device memory
+            logger.warning("permuted copies stay on the host: the rows could not be placed "
+                           "on the device (%s)", _first_line(error))
+            return None
 
 
 # ------------------------------------------------------------------------ TorchScript

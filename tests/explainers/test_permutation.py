@@ -200,6 +200,44 @@ def test_graph_copies_carry_nan_and_infinity(regression_data, tmp_path, rows_per
                 np.testing.assert_array_equal(got, expected)
 
 
+def test_rows_too_large_to_keep_on_the_device_take_the_plain_path(regression_data,
+                                                                   tmp_path, monkeypatch):
+    from explainers import permutation as module
+
+    X, y = regression_data
+    mlp = MLPRegressor(hidden_layer_sizes=(8,), max_iter=200, random_state=0).fit(X, y)
+    onnx_file(mlp, X, tmp_path / "model.onnx")
+    model = saved(tmp_path / "model.onnx", "onnx")
+    names = [f"x{j}" for j in range(5)]
+    # 400 x 5 float32 rows and 6 index arrays of 400 int64: 27,200 bytes
+    monkeypatch.setattr(module, "GRAPH_MAX_RESIDENT_BYTES", 27_199)
+    small = permutation_importance(model, X, y, feature_names=names, path="graph")
+    monkeypatch.setattr(module, "GRAPH_MAX_RESIDENT_BYTES", 27_200)
+    fits = permutation_importance(model, X, y, feature_names=names, path="graph")
+    assert (small.provenance["path"], fits.provenance["path"]) == ("plain", "graph")
+    np.testing.assert_array_equal(small.importances, fits.importances)
+
+
+def test_rows_the_device_cannot_hold_take_the_plain_path(regression_data, tmp_path,
+                                                         monkeypatch):
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    X, y = regression_data
+    mlp = MLPRegressor(hidden_layer_sizes=(8,), max_iter=200, random_state=0).fit(X, y)
+    onnx_file(mlp, X, tmp_path / "model.onnx")
+    model = saved(tmp_path / "model.onnx", "onnx")
+    names = [f"x{j}" for j in range(5)]
+    expected = permutation_importance(model, X, y, feature_names=names, path="plain")
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise ort_state.RuntimeException("Failed to allocate memory for requested buffer")
+
+    monkeypatch.setattr(onnxruntime.OrtValue, "ortvalue_from_numpy", out_of_memory)
+    got = permutation_importance(model, X, y, feature_names=names, path="graph")
+    assert got.provenance["path"] == "plain"
+    np.testing.assert_array_equal(got.importances, expected.importances)
+
+
 def test_graph_that_cannot_be_wrapped_takes_the_plain_path(regression_data, tmp_path):
     """A graph whose names collide with the nodes put in front of it keeps its copies on
     the host, with the same numbers."""
