@@ -420,9 +420,8 @@ def _in_graph(model: Predictor, X: np.ndarray, rows: npt.NDArray[np.intp] | None
     where = "cuda" if device == "cuda" else "cpu"
     rows_per_call = max(1, min(GRAPH_ROWS[where],
                                GRAPH_BYTES[where] // (3 * itemsize * X.shape[1])))
-    predict = factory(X, base, [base[order] for order in permutations],
-                      output=scorer.output, device=device, rows_per_call=rows_per_call)
-    return predict
+    return factory(X, base, [base[order] for order in permutations],
+                   output=scorer.output, device=device, rows_per_call=rows_per_call)
 
 
 def _run_groups(run: Callable[[int], None], n_groups: int, workers: int,

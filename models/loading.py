@@ -980,6 +980,11 @@ def _onnx_class_labels(proto: Any, n_classes: int) -> list[Any] | None:
 ONNX_CPU_CALL_ROWS = 10_000
 
 
+# onnxruntime's CUDA provider without TF32 matrix products (its default), which keep 10
+# bits of mantissa: 1e-4 relative errors where float32 gives 1e-7.
+_ONNX_CUDA = ("CUDAExecutionProvider", {"use_tf32": "0"})
+
+
 class _OnnxPredictor:
     def __init__(
         self,
@@ -1017,11 +1022,8 @@ class _OnnxPredictor:
 
         if device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             if "cuda" not in self._sessions:
-                # TF32 matrix products (onnxruntime's CUDA default) keep 10 bits of mantissa:
-                # 1e-4 relative errors where float32 gives 1e-7.
                 session = _onnx_session(
-                    self._bytes, [("CUDAExecutionProvider", {"use_tf32": "0"}),
-                                  "CPUExecutionProvider"], self._n_threads
+                    self._bytes, [_ONNX_CUDA, "CPUExecutionProvider"], self._n_threads
                 )
                 # onnxruntime falls back to the CPU with a warning when the CUDA libraries
                 # do not load; say where the model really runs.
@@ -1096,7 +1098,7 @@ class _OnnxPredictor:
                 return None
             providers: list[Any] = ["CPUExecutionProvider"]
             if on_cuda:
-                providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
+                providers.insert(0, _ONNX_CUDA)
             try:
                 session = _onnx_session(graph, providers, self._n_threads)
             except InvalidModel as error:

@@ -114,7 +114,6 @@ class PermutedRuns:
 
         self._session = session
         self._output = output_name
-        self._device = device
         self._n_features = X.shape[1]
         self._m = int(base.shape[0])
         self._k = len(permutations)
@@ -165,5 +164,5 @@ class PermutedRuns:
             binding.clear_binding_outputs()
             for j in range(k):
                 results[first + j].append(out[j])
-        return [np.concatenate(parts, axis=0).astype(np.float64) if len(parts) > 1
-                else parts[0].astype(np.float64) for parts in results]
+        return [np.concatenate(parts, axis=0).astype(np.float64, copy=False)
+                for parts in results]

@@ -80,6 +80,15 @@ def regression_data() -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
+@pytest.fixture
+def small_onnx_mlp(regression_data, tmp_path) -> LoadedModel:
+    """A one-layer MLP regressor on regression_data, as the ONNX file the service loads."""
+    X, y = regression_data
+    mlp = MLPRegressor(hidden_layer_sizes=(8,), max_iter=200, random_state=0).fit(X, y)
+    onnx_file(mlp, X, tmp_path / "model.onnx")
+    return saved(tmp_path / "model.onnx", "onnx")
+
+
 @pytest.mark.parametrize("scoring", ["r2", "neg_mean_squared_error"])
 @pytest.mark.parametrize("max_samples", [1.0, 0.6, 150])
 def test_xgboost_regressor_matches_sklearn(regression_data, scoring, max_samples, tmp_path):
@@ -201,13 +210,12 @@ def test_graph_copies_carry_nan_and_infinity(regression_data, tmp_path, rows_per
 
 
 def test_rows_too_large_to_keep_on_the_device_take_the_plain_path(regression_data,
-                                                                   tmp_path, monkeypatch):
+                                                                   small_onnx_mlp,
+                                                                   monkeypatch):
     from explainers import permutation as module
 
     X, y = regression_data
-    mlp = MLPRegressor(hidden_layer_sizes=(8,), max_iter=200, random_state=0).fit(X, y)
-    onnx_file(mlp, X, tmp_path / "model.onnx")
-    model = saved(tmp_path / "model.onnx", "onnx")
+    model = small_onnx_mlp
     names = [f"x{j}" for j in range(5)]
     # 400 x 5 float32 rows and 6 index arrays of 400 int64: 27,200 bytes
     monkeypatch.setattr(module, "GRAPH_MAX_RESIDENT_BYTES", 27_199)
@@ -218,14 +226,12 @@ def test_rows_too_large_to_keep_on_the_device_take_the_plain_path(regression_dat
     np.testing.assert_array_equal(small.importances, fits.importances)
 
 
-def test_rows_the_device_cannot_hold_take_the_plain_path(regression_data, tmp_path,
+def test_rows_the_device_cannot_hold_take_the_plain_path(regression_data, small_onnx_mlp,
                                                          monkeypatch):
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
     X, y = regression_data
-    mlp = MLPRegressor(hidden_layer_sizes=(8,), max_iter=200, random_state=0).fit(X, y)
-    onnx_file(mlp, X, tmp_path / "model.onnx")
-    model = saved(tmp_path / "model.onnx", "onnx")
+    model = small_onnx_mlp
     names = [f"x{j}" for j in range(5)]
     expected = permutation_importance(model, X, y, feature_names=names, path="plain")
 
@@ -485,11 +491,9 @@ def test_cancel_stops_the_run(regression_data):
 
 
 def test_graph_path_reports_each_feature_and_stops_when_cancelled(regression_data,
-                                                                   tmp_path):
+                                                                   small_onnx_mlp):
     X, y = regression_data
-    mlp = MLPRegressor(hidden_layer_sizes=(8,), max_iter=200, random_state=0).fit(X, y)
-    onnx_file(mlp, X, tmp_path / "model.onnx")
-    model = saved(tmp_path / "model.onnx", "onnx")
+    model = small_onnx_mlp
     names = [f"x{j}" for j in range(5)]
     seen: list[float] = []
     permutation_importance(model, X, y, feature_names=names, path="graph",
