@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=1, le=65535)
     max_upload_bytes: int = Field(2 * GiB, gt=0, description="Largest accepted upload.")
+    max_table_bytes: int | None = Field(
+        None, gt=0,
+        description="Largest table after decompression (a .csv.gz expands, a Parquet file's "
+        "columns too); default 8 x max_upload_bytes.",
+    )
+    max_table_rows: int = Field(50_000_000, gt=0, description="Most rows a dataset may have.")
     auth: Literal["auto", "required"] = Field(
         "auto",
         description="auto: keys are required once one exists or when not on loopback; "
@@ -55,6 +61,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'tabxai.db').resolve()}"
+
+    @property
+    def table_bytes_limit(self) -> int:
+        """max_table_bytes, or 8 x max_upload_bytes: room for gzip's usual 3-8x on text."""
+        return self.max_table_bytes or 8 * self.max_upload_bytes
 
     @property
     def on_loopback(self) -> bool:

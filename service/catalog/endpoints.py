@@ -86,7 +86,7 @@ async def upload_dataset(
     def create() -> DatasetOut:
         with db.session() as session:
             record = service.create_dataset(
-                session, workspace.id, upload,
+                session, settings, workspace.id, upload,
                 name=upload.fields.get("name", name),
                 target=upload.fields.get("target", target) or None,
                 fmt=upload.fields.get("format", format) or None,

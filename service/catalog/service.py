@@ -41,13 +41,15 @@ def register_in_use_check(check: InUseCheck) -> None:
 
 # -- datasets ------------------------------------------------------------------------
 
-def create_dataset(session: Session, workspace_id: str, upload: ReceivedUpload, *,
-                   name: str | None, target: str | None, fmt: str | None) -> DatasetRecord:
+def create_dataset(session: Session, settings: Settings, workspace_id: str,
+                   upload: ReceivedUpload, *, name: str | None, target: str | None,
+                   fmt: str | None) -> DatasetRecord:
     if upload.size_bytes == 0:
         raise Unprocessable("The file is empty; upload a CSV with a header row and data.",
                             code="empty_table")
     table_format = resolve_format(fmt, upload.content_type, upload.path, upload.filename)
-    info = inspect_table(upload.path, table_format)
+    info = inspect_table(upload.path, table_format, max_bytes=settings.table_bytes_limit,
+                         max_rows=settings.max_table_rows)
     names = [c.name for c in info.columns]
     if target is not None and target not in names:
         raise Unprocessable(
@@ -59,7 +61,7 @@ def create_dataset(session: Session, workspace_id: str, upload: ReceivedUpload, 
         id=new_id("ds"), workspace_id=workspace_id,
         name=name or _stem(upload.filename) or "dataset", format=info.format,
         read_options={"compression": info.compression, "delimiter": info.delimiter,
-                      "column_types": info.column_types},
+                      "column_types": info.column_types, "block_bytes": info.block_bytes},
         size_bytes=upload.size_bytes, sha256=upload.sha256, n_rows=info.n_rows,
         n_columns=len(info.columns), target=target,
         columns=[c.to_dict() for c in info.columns], blob_id=blob.id,
@@ -78,6 +80,7 @@ def table_info(record: DatasetRecord) -> TableInfo:
         record.n_rows,
         tuple(Column(c["name"], c["dtype"], c["n_missing"]) for c in record.columns),
         opts.get("compression"), opts.get("delimiter"), opts.get("column_types"),
+        opts.get("block_bytes"),
     )
 
 
