@@ -99,6 +99,7 @@ class _MultipartSink:
         self._part_name: str | None = None
         self._part_is_file = False
         self._field_value = bytearray()
+        self.complete = False  # the closing boundary --BOUNDARY-- was read
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -109,6 +110,7 @@ class _MultipartSink:
             "on_headers_finished": self.on_headers_finished,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
         }
 
     def on_part_begin(self) -> None:
@@ -154,7 +156,7 @@ class _MultipartSink:
             self._field_value += data[start:end]
             if len(self._field_value) > MAX_FIELD_BYTES:
                 raise BadRequest(f"The form field '{self._part_name}' is longer than "
-                                 f"{MAX_FIELD_BYTES} bytes.")
+                                 f"{MAX_FIELD_BYTES:,} bytes.")
 
     def on_part_end(self) -> None:
         if not self._part_is_file and self._part_name:
@@ -162,6 +164,9 @@ class _MultipartSink:
                 self.fields[self._part_name] = self._field_value.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise BadRequest(f"The form field '{self._part_name}' is not UTF-8.") from exc
+
+    def on_end(self) -> None:
+        self.complete = True
 
 
 async def _receive_multipart(request: Request, path: Path, boundary: bytes, max_bytes: int
@@ -179,6 +184,14 @@ async def _receive_multipart(request: Request, path: Path, boundary: bytes, max_
         parser.finalize()
     finally:
         sink.out.close()
+    if not sink.complete:
+        # A body cut short (a dropped connection, a client that stopped) parses as far as
+        # it goes; only the closing boundary says the file part is whole.
+        raise BadRequest(
+            "The multipart body ended before its closing boundary: the upload was cut "
+            "short. Send it again.",
+            code="incomplete_multipart",
+        )
     if not sink.file_seen:
         raise BadRequest("The multipart body has no part named 'file'; send the table as "
                          "-F file=@data.csv.")

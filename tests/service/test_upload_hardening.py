@@ -179,3 +179,31 @@ def test_table_limits_default_from_the_upload_limit(make_client: Callable[..., T
     settings = make_client(max_upload_bytes=1 << 20).app.state.settings  # type: ignore[attr-defined]
     assert settings.table_bytes_limit == 8 << 20
     assert settings.max_table_rows == 50_000_000
+
+
+# -- the multipart body ---------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"", b"\r\n", b"\r\n--XyZ", b"\r\n--XyZ\r\n"],
+)
+def test_multipart_without_its_closing_boundary_is_400(client: TestClient, db: Database,
+                                                       tail: bytes) -> None:
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\r\n"
+            b"Content-Type: text/csv\r\n\r\na,b\n1,2\n" + tail)
+    for path in ("/v1/datasets", "/v1/models"):
+        problem = assert_problem(
+            client.post(path, content=body,
+                        headers={"content-type": "multipart/form-data; boundary=XyZ"}),
+            400, "incomplete_multipart")
+        assert "closing boundary" in problem["detail"]
+    _assert_nothing_stored(client, db)
+
+
+def test_complete_multipart_still_works(client: TestClient) -> None:
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\r\n"
+            b"Content-Type: text/csv\r\n\r\na,b\n1,2\n\r\n--XyZ--\r\n")
+    r = client.post("/v1/datasets", content=body,
+                    headers={"content-type": "multipart/form-data; boundary=XyZ"})
+    assert r.status_code == 201, r.text
+    assert r.json()["n_rows"] == 1
