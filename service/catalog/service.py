@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from service.errors import BadRequest, Conflict, NotFound, Unprocessable
 from service.ids import new_id
 from service.pagination import paginate
 from service.storage import BlobReader, delete_blob, store_file
-from service.uploads import ReceivedUpload
+from service.uploads import MAX_FIELD_BYTES, ReceivedUpload
 
 log = logging.getLogger("tabxai.catalog")
 
@@ -182,19 +183,31 @@ def _refuse_if_in_use(session: Session, column: str, object_id: str) -> None:
 
 
 def _json_list(text: str | None, field: str, item_type: type | None) -> list[Any] | None:
+    """A form field holding a flat JSON list: names (``item_type`` str) or class labels.
+
+    Bounded like a multipart field however it came (a query string has no cap of its
+    own); nesting too deep for the parser is a 422, not a RecursionError.
+    """
     if text is None or text == "":
         return None
+    if len(text.encode()) > MAX_FIELD_BYTES:
+        raise BadRequest(f"The field '{field}' is longer than {MAX_FIELD_BYTES:,} bytes; "
+                         "send a shorter list.", code="invalid_field")
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant(field))
     except json.JSONDecodeError as exc:
         raise BadRequest(f"The field '{field}' must be a JSON list, e.g. "
                          f'["age", "income"]; it could not be parsed: {exc.msg}.',
                          code="invalid_field") from exc
+    except RecursionError as exc:
+        raise Unprocessable(f"The field '{field}' is nested too deeply; it must be a flat "
+                            'JSON list, e.g. ["age", "income"].', code="invalid_field") from exc
     if not isinstance(value, list) or (
         item_type is not None and not all(isinstance(v, item_type) for v in value)
     ):
         raise BadRequest(f"The field '{field}' must be a JSON list"
                          + (" of strings." if item_type is str else "."), code="invalid_field")
+    _check_list_items(value, field, names=item_type is str)
     return value
 
 
@@ -211,3 +224,32 @@ def _stem(filename: str | None) -> str | None:
 def _clip(names: list[str], n: int = 20) -> str:
     shown = ", ".join(names[:n])
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _refuse_constant(field: str) -> Callable[[str], Any]:
+    def refuse(name: str) -> Any:
+        raise BadRequest(f"The field '{field}' holds {name}, which JSON does not have; "
+                         "send numbers or strings.", code="invalid_field")
+
+    return refuse
+
+
+def _check_list_items(values: list[Any], field: str, *, names: bool) -> None:
+    """Feature names are non-empty; labels are strings or finite numbers; none twice."""
+    for value in values:
+        if names and not value.strip():
+            raise Unprocessable(f"The field '{field}' holds an empty name; give every "
+                                "feature a name.", code="invalid_field")
+        if not names and not (isinstance(value, str) or (
+                isinstance(value, int | float) and math.isfinite(value))):
+            raise Unprocessable(
+                f"The field '{field}' must be a flat list of labels (strings or numbers), "
+                f"e.g. [\"no\", \"yes\"] or [0, 1]; it holds {json.dumps(value)[:40]}.",
+                code="invalid_field",
+            )
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise Unprocessable(f"The field '{field}' holds {json.dumps(value)[:40]} twice; "
+                                "each entry must be distinct.", code="invalid_field")
+        seen.add(value)
