@@ -19,7 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.inspection import ModelInfo, inspect_model
-from service.catalog.paging import needs_paging_copy, paging_info, write_paging_copy
+from service.catalog.paging import (
+    COPY_CHUNK_BYTES,
+    needs_paging_copy,
+    paging_info,
+    write_paging_copy,
+)
 from service.catalog.tables import DatasetRecord, ModelRecord
 from service.catalog.tabular import Column, TableInfo, inspect_table, read_rows, resolve_format
 from service.config import Settings
@@ -66,7 +71,8 @@ def create_dataset(session: Session, workspace_id: str, upload: ReceivedUpload, 
             _write_copy(upload.path, info, copy_path)
         blob = store_file(session, upload.path, sha256=upload.sha256)
         if copy_path.exists():
-            paging_blob_id = store_file(session, copy_path, sha256=_sha256(copy_path)).id
+            paging_blob_id = store_file(session, copy_path, sha256=_sha256(copy_path),
+                                        chunk_bytes=COPY_CHUNK_BYTES).id
     finally:
         copy_path.unlink(missing_ok=True)
     record = DatasetRecord(
