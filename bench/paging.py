@@ -8,7 +8,12 @@ for a dataset stored before copies existed) and the same pages are timed again t
 the scan that paging used before; the copy is linked back afterwards.
 
     .venv/bin/python -m bench.paging                       # 2,000,000 rows, SQLite
-    .venv/bin/python -m bench.paging --database-url postgresql+psycopg:///test
+    .venv/bin/python -m bench.paging --database-url 'postgresql+psycopg:///test?options=-csearch_path%3Dbench'
+
+On 2 shared cores (2,000,000 rows x 10 columns, 186 MB; pages of 100 rows):
+
+    SQLite      offset 0: 15 ms, 1,000,000: 8 ms, 1,999,900: 7 ms  (scan: 41 ms, 1.3 s, 2.3 s)
+    PostgreSQL  offset 0: 86 ms, 1,000,000: 68 ms, 1,999,900: 33 ms (scan: 157 ms, 2.0 s, 3.5 s)
 """
 
 from __future__ import annotations

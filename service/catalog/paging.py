@@ -1,9 +1,11 @@
 """The paging copy of a dataset: the table as Parquet with bounded row groups.
 
-A page of rows from a CSV would otherwise be a scan from row 0 (18 s for a page near the
-end of a 2 GB file). The copy, written once at upload and stored as a blob beside the
-uploaded file (which stays as it was sent), turns a page into a read of the footer and
-of the one or two row groups that hold it, whatever the offset. Jobs read a CSV
+A page of rows from a CSV would otherwise be a scan from row 0. The copy, written once
+at upload and stored as a blob beside the uploaded file (which stays as it was sent),
+turns a page into a read of the footer and of the one or two row groups that hold it,
+whatever the offset: the last 100 rows of a 2,000,000-row CSV (186 MB) in 7 ms on
+SQLite and 33 ms on PostgreSQL, against 2.3 s and 3.5 s for the scan (bench.paging).
+Writing it makes that upload 70% slower (10.6 s to 18.1 s, bench/upload.py). Jobs read a CSV
 dataset's copy too, with the column types the CSV reader gives (Parquet has no
 second-resolution timestamps, so the source schema travels in the file's metadata).
 
