@@ -5,9 +5,10 @@ at upload and stored as a blob beside the uploaded file (which stays as it was s
 turns a page into a read of the footer and of the one or two row groups that hold it,
 whatever the offset: the last 100 rows of a 2,000,000-row CSV (186 MB) in 7 ms on
 SQLite and 33 ms on PostgreSQL, against 2.3 s and 3.5 s for the scan (bench.paging).
-Writing it makes that upload 70% slower (10.6 s to 18.1 s, bench/upload.py). Jobs read a CSV
-dataset's copy too, with the column types the CSV reader gives (Parquet has no
-second-resolution timestamps, so the source schema travels in the file's metadata).
+Writing it costs the upload a second pass over the table: a 198 MB CSV took 18.1 s to
+upload against 10.6 s without (bench/upload.py). Jobs read a CSV dataset's copy too,
+with the column types the CSV reader gives (Parquet has no second-resolution
+timestamps, so the source schema travels in the file's metadata).
 
 Writing streams the table one block at a time: memory holds one row group at most.
 """

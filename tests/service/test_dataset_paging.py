@@ -355,6 +355,8 @@ def test_jobs_read_the_copy_with_the_values_and_types_of_the_csv(
     from_copy = _dump_job(client, db, dataset_id, tmp_path / "copy.arrow")
     assert from_copy.schema.equals(expected.schema, check_metadata=True)
     assert from_copy.equals(expected)
+    pages = [client.get(f"/v1/datasets/{dataset_id}/rows?offset={offset}&limit=30").json()
+             for offset in (0, 79_980)]
 
     with db.session() as session:  # as stored before copies existed
         stored = session.get(DatasetRecord, dataset_id)
@@ -365,6 +367,11 @@ def test_jobs_read_the_copy_with_the_values_and_types_of_the_csv(
     from_csv = _dump_job(client, db, dataset_id, tmp_path / "csv.arrow")
     assert from_csv.schema.equals(expected.schema, check_metadata=True)
     assert from_csv.equals(expected)
+    assert pages == [
+        client.get(f"/v1/datasets/{dataset_id}/rows?offset={offset}&limit=30").json()
+        for offset in (0, 79_980)], "pages of the copy are the pages of the scan"
+    day, second = 1 + 79_999 % 28, 79_999 % 60
+    assert pages[1]["rows"][-1][4] == f"2024-01-{day:02d}T03:04:{second:02d}"
 
 
 def test_permutation_job_on_a_parquet_dataset_larger_than_one_chunk(
