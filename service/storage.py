@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
@@ -39,16 +40,22 @@ def store_chunks(session: Session, chunks: Iterable[bytes], *, sha256: str = "")
     """Store byte strings as one blob, each string one chunk, in the caller's transaction.
 
     Chunks go through Core inserts, not the ORM, so none stays in the session's identity
-    map: storing a 1 GB upload holds one chunk in memory at a time.
+    map: storing a 1 GB upload holds one chunk in memory at a time. Every chunk but the
+    last must be as long as the first: readers find a byte's chunk by division.
     """
     blob = Blob(id=new_id("blob"), size_bytes=0, sha256=sha256, n_chunks=0, chunk_bytes=0)
     session.add(blob)
     session.flush()
     size = 0
     seq = 0
+    last = 0
     for data in chunks:
         if seq == 0:
             blob.chunk_bytes = len(data)
+        elif last != blob.chunk_bytes:
+            raise ValueError(f"chunk {seq - 1} holds {last} bytes, not {blob.chunk_bytes}; "
+                             "only the last chunk of a blob may be shorter")
+        last = len(data)
         session.execute(insert(BlobChunk), [{"blob_id": blob.id, "seq": seq, "data": data}])
         size += len(data)
         seq += 1
@@ -100,26 +107,53 @@ class BlobReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+            raise ValueError(f"invalid whence {whence!r}; use SEEK_SET, SEEK_CUR or SEEK_END")
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
         return self._pos
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._pos >= self.size:
-            return 0
-        if not (self._chunk_start <= self._pos < self._chunk_start + len(self._chunk)):
-            self._load_chunk_at(self._pos)
-        start = self._pos - self._chunk_start
-        n = min(len(buffer), len(self._chunk) - start)
-        buffer[:n] = self._chunk[start:start + n]
-        self._pos += n
-        return n
+    def read(self, size: int | None = -1) -> bytes:
+        """Exactly ``size`` bytes, fewer only at the end of the blob; all the rest when
+        ``size`` is negative or None. Callers such as pyarrow's Parquet reader take a
+        short read for the end of the file, so every read spans chunks as needed."""
+        self._checkClosed()
+        remaining = max(0, self.size - self._pos)
+        n = remaining if size is None or size < 0 else min(size, remaining)
+        buffer = bytearray(n)
+        got = self.readinto(buffer)
+        return bytes(buffer) if got == n else bytes(buffer[:got])
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` from the position on, across as many chunks as it takes."""
+        self._checkClosed()
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view) and self._pos < self.size:
+            if not (self._chunk_start <= self._pos < self._chunk_start + len(self._chunk)):
+                self._load_chunk_at(self._pos)
+            start = self._pos - self._chunk_start
+            n = min(len(view) - filled, len(self._chunk) - start)
+            view[filled:filled + n] = self._chunk[start:start + n]
+            filled += n
+            self._pos += n
+        return filled
 
     def _load_chunk_at(self, pos: int) -> None:
         seq = min(pos // self.chunk_bytes, self.n_chunks - 1)
         with self._db.session(readonly=True) as session:
-            self._chunk = read_chunk(session, self._blob_id, seq)
-        self._chunk_start = seq * self.chunk_bytes
+            chunk = read_chunk(session, self._blob_id, seq)
+        start = seq * self.chunk_bytes
+        if not start <= pos < start + len(chunk):
+            raise OSError(f"Chunk {seq} of blob {self._blob_id} holds {len(chunk)} bytes, "
+                          f"not the {self.chunk_bytes} its blob row says; the blob is damaged.")
+        self._chunk, self._chunk_start = chunk, start
 
     def iter_chunks(self) -> Iterator[bytes]:
         """Yield the blob's chunks in order (for streamed downloads)."""

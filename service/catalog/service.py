@@ -7,6 +7,7 @@ upload leaves neither a row nor a chunk behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -14,10 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.inspection import ModelInfo, inspect_model
+from service.catalog.paging import (
+    COPY_CHUNK_BYTES,
+    needs_paging_copy,
+    paging_info,
+    write_paging_copy,
+)
 from service.catalog.tables import DatasetRecord, ModelRecord
 from service.catalog.tabular import Column, TableInfo, inspect_table, read_rows, resolve_format
 from service.config import Settings
@@ -57,7 +65,19 @@ def create_dataset(session: Session, settings: Settings, workspace_id: str,
             f"The target column '{target}' is not in the table; its columns are: "
             f"{_clip(names)}.", code="unknown_target",
         )
-    blob = store_file(session, upload.path, sha256=upload.sha256)
+    # Written before anything is stored, and stored in the same transaction as the
+    # upload: a table that cannot be copied leaves nothing behind.
+    copy_path = upload.path.with_name(upload.path.name + ".paging.parquet")
+    paging_blob_id = None
+    try:
+        if needs_paging_copy(upload.path, info):
+            _write_copy(upload.path, info, copy_path)
+        blob = store_file(session, upload.path, sha256=upload.sha256)
+        if copy_path.exists():
+            paging_blob_id = store_file(session, copy_path, sha256=_sha256(copy_path),
+                                        chunk_bytes=COPY_CHUNK_BYTES).id
+    finally:
+        copy_path.unlink(missing_ok=True)
     record = DatasetRecord(
         id=new_id("ds"), workspace_id=workspace_id,
         name=name or _stem(upload.filename) or "dataset", format=info.format,
@@ -66,6 +86,7 @@ def create_dataset(session: Session, settings: Settings, workspace_id: str,
         size_bytes=upload.size_bytes, sha256=upload.sha256, n_rows=info.n_rows,
         n_columns=len(info.columns), target=target,
         columns=[c.to_dict() for c in info.columns], blob_id=blob.id,
+        paging_blob_id=paging_blob_id,
     )
     session.add(record)
     session.flush()
@@ -100,19 +121,28 @@ def list_datasets(session: Session, workspace_id: str, *, limit: int, cursor: st
 
 def dataset_rows(db: Database, record: DatasetRecord, *, offset: int, limit: int
                  ) -> list[list[Any]]:
+    """Rows ``offset .. offset+limit``: from the paging copy, a read of the row groups
+    that hold them; a dataset without one (stored before copies) scans its file."""
     if offset >= record.n_rows:
         return []
-    reader = BlobReader(db, record.blob_id)
-    return read_rows(reader, table_info(record), offset, limit)  # type: ignore[arg-type]
+    info = table_info(record)
+    if record.paging_blob_id is not None:
+        reader = BlobReader(db, record.paging_blob_id)
+        info = paging_info(info)
+    else:
+        reader = BlobReader(db, record.blob_id)
+    return read_rows(reader, info, offset, limit)  # type: ignore[arg-type]
 
 
 def delete_dataset(session: Session, workspace_id: str, dataset_id: str) -> None:
     record = get_dataset(session, workspace_id, dataset_id)
     _refuse_if_in_use(session, "dataset_id", record.id)
-    blob_id = record.blob_id
+    blob_ids = [record.blob_id, record.paging_blob_id]
     session.delete(record)
     session.flush()
-    delete_blob(session, blob_id)
+    for blob_id in blob_ids:
+        if blob_id is not None:
+            delete_blob(session, blob_id)
 
 
 # -- models --------------------------------------------------------------------------
@@ -209,6 +239,25 @@ def _json_list(text: str | None, field: str, item_type: type | None) -> list[Any
                          + (" of strings." if item_type is str else "."), code="invalid_field")
     _check_list_items(value, field, names=item_type is str)
     return value
+
+
+def _write_copy(path: Path, info: TableInfo, dest: Path) -> None:
+    try:
+        write_paging_copy(path, info, dest)
+    except (pa.ArrowException, ValueError) as exc:
+        raise Unprocessable(
+            f"The table was read once but not a second time ({str(exc).splitlines()[0]}); "
+            "check that the file is complete and upload it again, or upload it as Parquet.",
+            code="unreadable_table",
+        ) from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while data := f.read(1 << 20):
+            digest.update(data)
+    return digest.hexdigest()
 
 
 def _stem(filename: str | None) -> str | None:

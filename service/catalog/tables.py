@@ -30,6 +30,11 @@ class DatasetRecord(Base):
     target: Mapped[str | None] = mapped_column(String(200), nullable=True)
     columns: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"), index=True)
+    paging_blob_id: Mapped[str | None] = mapped_column(
+        ForeignKey("blobs.id"), index=True, nullable=True,
+        doc="The table as Parquet with bounded row groups, for pages of rows; None when "
+            "the upload itself is one (or for datasets stored before copies existed).",
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

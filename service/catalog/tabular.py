@@ -126,6 +126,16 @@ def read_table(path: Path | IO[bytes], info: TableInfo) -> pa.Table:
         if info.n_rows else _empty_table(info)
 
 
+def iter_batches(path: Path, info: TableInfo, *, batch_rows: int = 65536
+                 ) -> Iterator[pa.RecordBatch]:
+    """The table in record batches, streaming, with the column types fixed at upload
+    (CSV batches are one parse block each; Parquet batches at most ``batch_rows``)."""
+    if info.format == "parquet":
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        return
+    yield from _csv_batches(path, info)
+
+
 def read_rows(source: IO[bytes], info: TableInfo, offset: int, limit: int
               ) -> list[list[Any]]:
     """Rows ``offset .. offset+limit`` as JSON-ready lists, reading only what it needs."""

@@ -606,13 +606,26 @@ class _JobResources:
     writers: dict[str, ArrayWriter] = field(default_factory=dict)
 
     def load_dataset(self) -> Any:
+        """The dataset as a pyarrow Table. A CSV is read from its Parquet paging copy
+        when it has one (the same values and types, without parsing text again)."""
+        from sqlalchemy import select
+
+        from service.catalog.paging import read_paging_copy
         from service.catalog.tabular import read_table
         from service.storage import copy_blob_to_file
 
         assert self.spec.dataset_blob_id and self.spec.table_info
+        paging_blob_id = None
+        if self.spec.table_info.format == "csv":
+            with self.db.session(readonly=True) as session:
+                paging_blob_id = session.scalar(
+                    select(DatasetRecord.paging_blob_id)
+                    .where(DatasetRecord.id == self.spec.lease.dataset_id))
         path = self.tmp_dir / "dataset"
-        copy_blob_to_file(self.db, self.spec.dataset_blob_id, path)
+        copy_blob_to_file(self.db, paging_blob_id or self.spec.dataset_blob_id, path)
         try:
+            if paging_blob_id is not None:
+                return read_paging_copy(path)
             return read_table(path, self.spec.table_info)
         finally:
             path.unlink(missing_ok=True)

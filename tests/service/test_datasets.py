@@ -198,7 +198,7 @@ def test_cursor_pagination_newest_first(client: TestClient) -> None:
 
 def test_delete_removes_row_and_chunks(client: TestClient, db: Database) -> None:
     ds = client.post("/v1/datasets", files={"file": ("d.csv", CSV)}).json()
-    assert _counts(db)[0] == 1
+    assert _counts(db)[0] == 2, "the upload and its paging copy"
     assert client.delete(f"/v1/datasets/{ds['id']}").status_code == 204
     assert _counts(db) == (0, 0)
     assert_problem(client.get(f"/v1/datasets/{ds['id']}"), 404, "not_found")
@@ -213,7 +213,10 @@ def test_large_upload_spans_many_chunks(client: TestClient, db: Database) -> Non
     r = client.post("/v1/datasets", files={"file": ("big.csv", body)})
     assert r.status_code == 201, r.text
     assert r.json()["n_rows"] == 120_000
-    blobs, chunks = _counts(db)
-    assert blobs == 1 and chunks == -(-len(body) // (4 << 20))
+    with db.session() as s:
+        sizes = dict(s.execute(select(Blob.size_bytes, Blob.n_chunks)).all())
+    assert len(sizes) == 2, "the upload and its paging copy"
+    assert sizes[len(body)] == -(-len(body) // (4 << 20))
+    assert _counts(db)[1] == sum(sizes.values())
     rows = client.get(f"/v1/datasets/{r.json()['id']}/rows?offset=119999&limit=5").json()
     assert rows["rows"] == [pytest.approx(df.iloc[119999].tolist())]

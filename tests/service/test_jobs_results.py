@@ -146,5 +146,6 @@ def test_deleting_the_job_deletes_its_arrays(client: TestClient, db: Database,
         assert session.scalar(select(func.count()).select_from(ArrayChunk)) == 0
         assert session.scalar(select(func.count()).select_from(PlotImage)) == 0
         blobs = session.scalar(select(func.count()).select_from(Blob))
-    assert blobs_with_result is not None and blobs == 1, "only the dataset's blob is left"
+    assert blobs_with_result is not None and blobs == 2, \
+        "only the dataset's blobs are left: its upload and its paging copy"
     assert client.get(f"/v1/jobs/{job_id}/result").status_code == 404
