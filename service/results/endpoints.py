@@ -5,6 +5,7 @@ the Parquet/CSV layouts."""
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from service.deps import DatabaseDep, ReadSessionDep, WorkspaceDep
 from service.errors import Conflict
 from service.jobs.service import get_job
-from service.jobs.tables import FAILED, SUCCEEDED, JobRecord
+from service.jobs.tables import CANCELLED, FAILED, SUCCEEDED, JobRecord
 from service.results import arrays, plots
 from service.results.tables import JobResult
 
@@ -143,16 +144,28 @@ def _plot(job_id: str, name: str, image_format: plots.ImageFormat, request: Requ
 
 
 def _succeeded_job(session: Session, workspace_id: str, job_id: str) -> JobRecord:
+    """The job, when it has succeeded; otherwise a 409 that says why it has no result."""
     job = get_job(session, workspace_id, job_id)
     if job.status == SUCCEEDED:
         return job
+    ended = _timestamp(job.finished_at)
+    if job.status == CANCELLED:
+        raise Conflict(f"The job {job_id} was cancelled{ended}, so it has no result. "
+                       "Send the same POST /v1/jobs again to run it anew.",
+                       code="job_cancelled")
     if job.status == FAILED:
-        reason = f" ({job.error['code']})" if job.error else ""
-        detail = f"The job {job_id} failed{reason}, so it has no result; see its error."
-    else:
-        detail = (f"The job {job_id} is {job.status} ({job.progress:.0%}); its result is "
-                  f"ready once it has succeeded. Follow GET /v1/jobs/{job_id}/events.")
-    raise Conflict(detail, code="result_not_ready")
+        error = job.error or {}
+        code = error.get("code") or "an unknown error"
+        raise Conflict(f"The job {job_id} failed{ended} with {code}, so it has no result: "
+                       f"{error.get('message') or 'no reason was recorded.'}",
+                       code="job_failed")
+    raise Conflict(f"The job {job_id} is {job.status} ({job.progress:.0%}); its result is "
+                   f"ready once it has succeeded. Follow GET /v1/jobs/{job_id}/events.",
+                   code="result_not_ready")
+
+
+def _timestamp(moment: datetime | None) -> str:
+    return f" at {moment.isoformat().replace('+00:00', 'Z')}" if moment else ""
 
 
 def _summary(session: Session, job: JobRecord) -> dict[str, Any]:
