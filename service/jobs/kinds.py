@@ -42,6 +42,7 @@ from pydantic import BaseModel
 from explainers.progress import ProgressCallback
 from models.inspection import ModelInfo
 from service.catalog.tabular import Column
+from service.results.arrays import Axis
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_KIND_MODULES",
+    "Axis",
     "EXTRA_KINDS_ENV",
     "CheckContext",
     "DatasetInfo",
@@ -147,7 +149,8 @@ class RunResources(Protocol):
 
     def array_writer(self, name: str, dtype: str, row_shape: Sequence[int], *,
                      axes: Sequence[str] | None, labels: Sequence[str] | None,
-                     chunk_rows: int | None) -> ArrayWriter: ...
+                     chunk_rows: int | None, dims: Sequence[Axis] | None = None
+                     ) -> ArrayWriter: ...
 
 
 @dataclass(frozen=True)
@@ -186,16 +189,20 @@ class RunContext[P: BaseModel]:
     def array_writer(self, name: str, dtype: str, row_shape: Sequence[int] = (), *,
                      axes: Sequence[str] | None = None,
                      labels: Sequence[str] | None = None,
-                     chunk_rows: int | None = None) -> ArrayWriter:
+                     chunk_rows: int | None = None,
+                     dims: Sequence[Axis] | None = None) -> ArrayWriter:
         """A writer that appends rows of the result array ``name`` to storage as they
         are computed, so that a large array is never held whole.
 
         dtype: "float32" or "int64"; row_shape: the shape of one row (``()`` for a
         vector, ``(F,)`` for an [N, F] matrix, ``(K, F)`` for [N, K, F]).
-        axes: names of the axes after the row axis, used as column names of the long
-        form of 3-D and 4-D arrays (default ``axis_1``, ``axis_2``, ...).
-        labels: names of the entries of the last axis (e.g. feature names), used as
-        column names (2-D) or values (long form) of the Parquet and CSV downloads.
+        dims: an :class:`Axis` (name, labels) per axis, the row axis first, e.g.
+        ``[Axis("row"), Axis("feature", names)]``; labels name the entries of an axis
+        (features, outputs) in the array's metadata and as column names (2-D) or values
+        (long form) of the Parquet and CSV downloads. Give every axis whose entries
+        have names its labels. The shorthand instead of dims: ``axes``, the names of
+        the axes after the row axis (default ``axis_1``, ``axis_2``, ...), and
+        ``labels``, the labels of the last one.
         chunk_rows: rows per stored chunk; default (and most): as many as fit in about
         4 MiB, at most 65,536.
 
@@ -204,7 +211,7 @@ class RunContext[P: BaseModel]:
         ``run`` is closed when ``run`` returns.
         """
         return self.resources.array_writer(name, dtype, row_shape, axes=axes, labels=labels,
-                                           chunk_rows=chunk_rows)
+                                           chunk_rows=chunk_rows, dims=dims)
 
 
 @dataclass(frozen=True)
@@ -213,10 +220,12 @@ class JobOutput:
 
     summary: JSON-able (plain floats/ints/str/lists/dicts, no NaN); the service adds
     ``provenance`` fields (job, versions, device) to any ``summary["provenance"]``.
+    Keep it small: large matrices belong in ``arrays``.
     arrays: further per-row arrays, stored like the ones written with
     ``ctx.array_writer`` (floats as float32, integers and booleans as int64).
-    array_axes, array_labels: per array name, as the ``axes`` and ``labels`` of
-    ``RunContext.array_writer``.
+    array_dims: per array name, as the ``dims`` of ``RunContext.array_writer`` (the
+    first axis may have labels too, e.g. the features of an importance matrix).
+    array_axes, array_labels: per array name, the shorthand ``axes`` and ``labels``.
     device_used: "cpu" or "cuda" where the method ran elsewhere than ``ctx.device``
     (e.g. a fallback); None means ``ctx.device``.
     """
@@ -225,6 +234,7 @@ class JobOutput:
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     array_axes: Mapping[str, Sequence[str]] = field(default_factory=dict)
     array_labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    array_dims: Mapping[str, Sequence[Axis]] = field(default_factory=dict)
     device_used: Device | None = None
 
 

@@ -73,7 +73,7 @@ from service.jobs.queue import (
     release_job,
     retry_job,
 )
-from service.results.arrays import ArrayMeta, ArrayWriter, write_array
+from service.results.arrays import ArrayMeta, ArrayWriter, Axis, write_array
 
 log = logging.getLogger("tabxai.jobs.worker")
 
@@ -636,13 +636,14 @@ class _JobResources:
 
     def array_writer(self, name: str, dtype: str, row_shape: Sequence[int], *,
                      axes: Sequence[str] | None, labels: Sequence[str] | None,
-                     chunk_rows: int | None) -> ArrayWriter:
+                     chunk_rows: int | None, dims: Sequence[Axis] | None = None
+                     ) -> ArrayWriter:
         if name in self.writers:
             raise ValueError(f"the job already writes an array named {name!r}")
         writer = ArrayWriter(self._transaction, job_id=self.spec.lease.job_id,
                              owner=self.spec.lease.owner, name=name, dtype=dtype,
                              row_shape=row_shape, axes=axes, labels=labels,
-                             chunk_rows=chunk_rows)
+                             chunk_rows=chunk_rows, dims=dims)
         self.writers[name] = writer
         return writer
 
@@ -655,7 +656,8 @@ class _JobResources:
             metas.append(write_array(
                 self._transaction, job_id=self.spec.lease.job_id,
                 owner=self.spec.lease.owner, name=name, values=values,
-                axes=output.array_axes.get(name), labels=output.array_labels.get(name)))
+                axes=output.array_axes.get(name), labels=output.array_labels.get(name),
+                dims=output.array_dims.get(name)))
         return metas
 
     def _transaction(self) -> Any:

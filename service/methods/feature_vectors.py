@@ -18,6 +18,7 @@ from explainers.feature_vectors_figures import draw_feature_vectors, draw_import
 from models.readers import read_ensemble
 from service.errors import Unprocessable
 from service.jobs.kinds import (
+    Axis,
     CheckContext,
     JobInputError,
     JobKind,
@@ -103,9 +104,10 @@ def run(ctx: RunContext[FeatureVectorsJobParams]) -> JobOutput:
     summary["provenance"] = {**summary.get("provenance", {}), **model_note,
                              **provenance(seed=ctx.params.random_state)}
     arrays = result.arrays()
-    return JobOutput(summary=summary, arrays=arrays,
-                     array_labels={"cooccurrence": [str(n) for n in result.feature_names],
-                                   "vectors": ["v1", "v2"]})
+    features = Axis("feature", [str(n) for n in result.feature_names])
+    return JobOutput(summary=summary, arrays=arrays, array_dims={
+        "cooccurrence": [features, Axis("feature_2", features.labels)],
+        "vectors": [features, Axis("component", ["v1", "v2"])]})
 
 
 

@@ -14,7 +14,15 @@ from explainers.permutation import (
 )
 from explainers.permutation_figures import draw_importance
 from service.errors import Unprocessable
-from service.jobs.kinds import CheckContext, JobKind, JobOutput, PlotSpec, RunContext, register_kind
+from service.jobs.kinds import (
+    Axis,
+    CheckContext,
+    JobKind,
+    JobOutput,
+    PlotSpec,
+    RunContext,
+    register_kind,
+)
 from service.methods.inputs import (
     feature_names,
     model_columns,
@@ -86,7 +94,10 @@ def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
     summary = result.summary()
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state, rows_scored=len(rows))}
-    return JobOutput(summary=summary, arrays=result.arrays())
+    dims = [Axis("feature", result.names),
+            Axis("repeat", [f"repeat_{j}" for j in range(result.n_repeats)])]
+    return JobOutput(summary=summary, arrays=result.arrays(),
+                     array_dims={"importances": dims})
 
 
 

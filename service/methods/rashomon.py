@@ -13,12 +13,21 @@ from threadpoolctl import threadpool_limits
 from explainers.rashomon import (
     RashomonParams,
     RashomonParamsError,
+    RashomonResult,
     estimate_cost,
     rashomon_interactions,
 )
 from explainers.rashomon_figures import draw_halo, draw_search_trace, draw_swarm, draw_swarm_main
 from service.errors import Unprocessable
-from service.jobs.kinds import CheckContext, JobKind, JobOutput, PlotSpec, RunContext, register_kind
+from service.jobs.kinds import (
+    Axis,
+    CheckContext,
+    JobKind,
+    JobOutput,
+    PlotSpec,
+    RunContext,
+    register_kind,
+)
 from service.methods.inputs import (
     feature_names,
     model_columns,
@@ -144,8 +153,40 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     summary = result.summary()
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state)}
-    return JobOutput(summary=summary, arrays=result.arrays(),
+    return JobOutput(summary=summary, arrays=result.arrays(), array_dims=array_dims(result),
                      device_used=getattr(model, "device_used", None))
+
+
+def array_dims(result: RashomonResult) -> dict[str, list[Axis]]:
+    """The axes of every array of ``result``, each labelled but the rows and steps."""
+    names = result.feature_names
+    feature = Axis("feature", names)
+    budget = Axis("budget", [f"{t:g}" for t in result.grid])
+    direction = Axis("direction", ["up", "down"])
+    subset = Axis("subset", [":".join(names[f] for f in sub) for sub in result.subsets])
+    order = result.subsets.shape[1]
+    member = Axis("member", [f"member_{i + 1}" for i in range(order)])
+    combo = Axis("combo", [
+        f"r={r:g} a={'/'.join(str(int(a)) for a in steps)} "
+        f"s={''.join('+' if sign > 0 else '-' for sign in signs)}"
+        for r, steps, signs in zip(result.combo_radius, result.combo_steps,
+                                   result.combo_signs, strict=True)])
+    per_mask = [feature, budget, direction]
+    per_combo = [subset, combo]
+    return {
+        "masks": per_mask, "mask_losses": per_mask, "main_effect_clouds": per_mask,
+        "main_effect_losses": per_mask, "reference_main_effects": [feature],
+        "subsets": [subset, member], "reference_fis": [subset], "combo_radius": [combo],
+        "combo_steps": [combo, member], "combo_signs": [combo, member],
+        "fis_masks": [*per_combo, member], "fis_clouds": per_combo, "fis_losses": per_combo,
+        "fis_in_set": per_combo, "fis_joint_effects": per_combo,
+        "fis_main_effects": [*per_combo, member],
+        "halo": [*per_combo, Axis("point", ["empirical", "expected"]), member],
+        "grid": [budget],
+        "search_trace": [Axis("step"),
+                         Axis("column", ["feature", "direction", "m", "loss_gap"])],
+        "row_index": [Axis("row")],
+    }
 
 
 

@@ -11,7 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from explainers.tree_shap import TreeShap, TreeShapSummary
 from explainers.tree_shap_figures import draw_importance, draw_interactions, draw_summary
 from service.errors import Unprocessable
-from service.jobs.kinds import CheckContext, JobKind, JobOutput, PlotSpec, RunContext, register_kind
+from service.jobs.kinds import (
+    Axis,
+    CheckContext,
+    JobKind,
+    JobOutput,
+    PlotSpec,
+    RunContext,
+    register_kind,
+)
 from service.methods.inputs import (
     feature_names,
     model_columns,
@@ -87,17 +95,18 @@ def run(ctx: RunContext[TreeShapParams]) -> JobOutput:
                          output_names=outputs)
     k, f = explainer.n_outputs, explainer.n_features
     row_shape = (f,) if k == 1 else (k, f)
-    axes = ["feature"] if k == 1 else ["output", "feature"]
-    values = ctx.array_writer("shap_values", "float32", row_shape, axes=axes, labels=names)
+    per_output = [] if k == 1 else [Axis("output", explainer.output_names)]
+    features = Axis("feature", names)
+    values = ctx.array_writer("shap_values", "float32", row_shape,
+                              dims=[Axis("row"), *per_output, features])
     index = ctx.array_writer("row_index", "int64")
     index.append(rows)
     pairs = None
     if params.interactions:
         pairs = ctx.array_writer(
             "interaction_values", "float32", (f, f) if k == 1 else (k, f, f),
-            axes=(["feature", "feature_2"] if k == 1 else ["output", "feature", "feature_2"]),
-            labels=names)
-    plotted = ctx.array_writer("feature_values", "float32", (f,), labels=names)
+            dims=[Axis("row"), *per_output, features, Axis("feature_2", names)])
+    plotted = ctx.array_writer("feature_values", "float32", (f,), dims=[Axis("row"), features])
     plotted.append(X[:PLOT_ROWS].astype(np.float32))
     accumulator = TreeShapSummary(explainer)
     memory = max(64 << 20, min(ctx.memory_limit_bytes // 4, 1 << 30))

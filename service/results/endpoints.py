@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from service.deps import DatabaseDep, ReadSessionDep, WorkspaceDep
@@ -26,14 +26,28 @@ router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
 MAX_PAGE_ROWS = 1000
 
 
+class AxisOut(BaseModel):
+    """One axis of a result array: its name, its size, and the labels of its entries
+    (feature names, outputs, ...) when they have names; null for the rows of data."""
+
+    name: str = Field(examples=["feature"])
+    size: int
+    labels: list[str] | None = Field(None, examples=[["age", "income"]])
+
+
 class ArrayOut(BaseModel):
-    """A result array. ``axes`` and ``labels`` extend API.md (download layout names)."""
+    """A result array. ``axes`` and ``labels`` (the names of the axes after the first,
+    the labels of the last), ``dims`` (every axis, with its labels) and ``nbytes``
+    extend API.md."""
 
     name: str
     shape: list[int]
     dtype: str
     axes: list[str]
     labels: list[str] | None
+    dims: list[AxisOut]
+    nbytes: int = Field(description="Bytes of the values (the .npy download less its "
+                                    "header).")
 
 
 class ArrayPage(BaseModel):
@@ -180,7 +194,11 @@ def _array(session: Session, workspace_id: str, job_id: str, name: str) -> array
 
 def _array_out(meta: arrays.ArrayMeta) -> ArrayOut:
     return ArrayOut(name=meta.name, shape=list(meta.shape), dtype=meta.dtype,
-                    axes=list(meta.axes), labels=list(meta.labels) if meta.labels else None)
+                    axes=list(meta.axes), labels=list(meta.labels) if meta.labels else None,
+                    dims=[AxisOut(name=axis.name, size=size,
+                                  labels=list(axis.labels) if axis.labels is not None else None)
+                          for axis, size in zip(meta.dims, meta.shape, strict=True)],
+                    nbytes=meta.nbytes)
 
 
 def _attachment(job_id: str, name: str, suffix: str, size: int | None = None
