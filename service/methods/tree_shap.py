@@ -31,6 +31,12 @@ from service.methods.inputs import (
 
 INTERACTION_ROWS = 10_000
 PLOT_ROWS = 5_000
+# Mean |interaction| values inlined in the summary at most (100 features, one output);
+# past that the summary names the array that holds them.
+SUMMARY_MAX_VALUES = 10_000
+# The interactions plot draws one output; its array's first axis is the output or the
+# feature, so loading this many rows covers either.
+MAX_OUTPUTS_PLOTTED = 100_000
 
 
 class TreeShapParams(BaseModel):
@@ -122,8 +128,33 @@ def run(ctx: RunContext[TreeShapParams]) -> JobOutput:
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state,
                                           rows_in_dataset=ctx.dataset.n_rows)}
+    arrays: dict[str, np.ndarray] = {}
+    dims: dict[str, list[Axis]] = {}
+    mean_pairs = accumulator.mean_abs_interactions
+    if mean_pairs is not None:
+        # Also an array, and only an array once it is too large to inline: F x F values
+        # (per output) would make the summary megabytes for a wide model.
+        arrays["interaction_importance"] = mean_pairs[0] if k == 1 else mean_pairs
+        dims["interaction_importance"] = [*per_output, features, Axis("feature_2", names)] \
+            if k > 1 else [features, Axis("feature_2", names)]
+        if mean_pairs.size > SUMMARY_MAX_VALUES:
+            summary["interaction_importance"] = None
+            summary["interaction_importance_array"] = "interaction_importance"
     device_used = "cuda" if str(explainer.device_used).startswith("cuda") else "cpu"
-    return JobOutput(summary=summary, device_used=device_used)  # type: ignore[arg-type]
+    return JobOutput(summary=summary, arrays=arrays, array_dims=dims,
+                     device_used=device_used)  # type: ignore[arg-type]
+
+
+def _has_interactions(summary: dict[str, Any]) -> bool:
+    return summary.get("interaction_importance") is not None or \
+        summary.get("interaction_importance_array") is not None
+
+
+def _draw_interactions(summary: dict[str, Any], arrays: dict[str, np.ndarray],
+                       **options: Any) -> Any:
+    if summary.get("interaction_importance") is None and "interaction_importance" in arrays:
+        summary = {**summary, "interaction_importance": arrays["interaction_importance"]}
+    return draw_interactions(summary, arrays, **options)
 
 
 def _draw_summary(summary: dict[str, Any], arrays: dict[str, np.ndarray], **_: Any) -> Any:
@@ -141,8 +172,7 @@ register_kind(JobKind(
         "summary": PlotSpec(draw=_draw_summary, arrays=("shap_values", "feature_values"),
                             max_rows=PLOT_ROWS),
         "importance": PlotSpec(draw=draw_importance),
-        "interactions": PlotSpec(
-            draw=draw_interactions,
-            available=lambda summary: summary.get("interaction_importance") is not None),
+        "interactions": PlotSpec(draw=_draw_interactions, arrays=("interaction_importance",),
+                                 max_rows=MAX_OUTPUTS_PLOTTED, available=_has_interactions),
     },
 ))

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from service.deps import DatabaseDep, ReadSessionDep, WorkspaceDep
-from service.errors import Conflict
+from service.errors import Conflict, Unprocessable
 from service.jobs.service import get_job
 from service.jobs.tables import CANCELLED, FAILED, SUCCEEDED, JobRecord
 from service.results import arrays, plots
@@ -24,6 +24,11 @@ from service.results.tables import JobResult
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
 
 MAX_PAGE_ROWS = 1000
+DEFAULT_PAGE_ROWS = 100
+# Values in one JSON page (a few MB of JSON): rows of a wide array (e.g. interaction
+# values, F x F per row) come fewer to a page, and an array too wide for one row a
+# page is only downloaded.
+MAX_PAGE_VALUES = 250_000
 
 
 class AxisOut(BaseModel):
@@ -37,8 +42,8 @@ class AxisOut(BaseModel):
 
 class ArrayOut(BaseModel):
     """A result array. ``axes`` and ``labels`` (the names of the axes after the first,
-    the labels of the last), ``dims`` (every axis, with its labels) and ``nbytes``
-    extend API.md."""
+    the labels of the last), ``dims`` (every axis, with its labels), ``nbytes`` and
+    ``max_page_rows`` extend API.md."""
 
     name: str
     shape: list[int]
@@ -48,6 +53,8 @@ class ArrayOut(BaseModel):
     dims: list[AxisOut]
     nbytes: int = Field(description="Bytes of the values (the .npy download less its "
                                     "header).")
+    max_page_rows: int = Field(description="Most rows a JSON page of this array holds "
+                                           "(0: too wide for JSON pages; download it).")
 
 
 class ArrayPage(BaseModel):
@@ -116,10 +123,28 @@ def download_csv(job_id: str, name: str, db: DatabaseDep, session: ReadSessionDe
 @router.get("/result/arrays/{name}", response_model=ArrayPage)
 def array_page(job_id: str, name: str, db: DatabaseDep, session: ReadSessionDep,
                workspace: WorkspaceDep, offset: Annotated[int, Query(ge=0)] = 0,
-               limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS)] = 100) -> ArrayPage:
+               limit: Annotated[int | None, Query(
+                   ge=1, le=MAX_PAGE_ROWS, description=f"Rows; default {DEFAULT_PAGE_ROWS}, "
+                   f"at most {MAX_PAGE_ROWS:,} and at most {MAX_PAGE_VALUES:,} values "
+                   "(see the array's max_page_rows).")] = None) -> ArrayPage:
     """Rows ``offset .. offset+limit`` as JSON (NaN as null; float32 values in their
     shortest decimal form)."""
     meta = _array(session, workspace.id, job_id, name)
+    largest = _max_page_rows(meta)
+    per_row = math.prod(meta.row_shape)
+    download = (f"download it whole instead: GET /v1/jobs/{job_id}/result/arrays/"
+                f"{name}.npy (or .parquet, .csv)")
+    if largest == 0:
+        raise Unprocessable(
+            f"A row of the array '{name}' holds {per_row:,} values, more than a JSON page "
+            f"carries ({MAX_PAGE_VALUES:,}); {download}.", code="page_too_large")
+    if limit is None:
+        limit = min(DEFAULT_PAGE_ROWS, largest)
+    elif limit > largest:
+        raise Unprocessable(
+            f"A JSON page of the array '{name}' holds at most {largest:,} rows (each row "
+            f"has {per_row:,} values; a page at most {MAX_PAGE_VALUES:,}); ask for "
+            f"limit={largest} or fewer, or {download}.", code="page_too_large")
     rows = arrays.read_rows(db, meta, offset=offset, limit=limit)
     return ArrayPage(name=meta.name, shape=list(meta.shape), offset=offset, limit=limit,
                      rows=_json_rows(rows))
@@ -198,7 +223,11 @@ def _array_out(meta: arrays.ArrayMeta) -> ArrayOut:
                     dims=[AxisOut(name=axis.name, size=size,
                                   labels=list(axis.labels) if axis.labels is not None else None)
                           for axis, size in zip(meta.dims, meta.shape, strict=True)],
-                    nbytes=meta.nbytes)
+                    nbytes=meta.nbytes, max_page_rows=_max_page_rows(meta))
+
+
+def _max_page_rows(meta: arrays.ArrayMeta) -> int:
+    return min(MAX_PAGE_ROWS, MAX_PAGE_VALUES // max(1, math.prod(meta.row_shape)))
 
 
 def _attachment(job_id: str, name: str, suffix: str, size: int | None = None

@@ -70,7 +70,8 @@ def test_every_axis_of_every_array_is_labelled(
         assert wait_final(db, job_id, timeout=180).status == "succeeded", \
             client.get(f"/v1/jobs/{job_id}").json()
     expected_arrays = {
-        "tree_shap": {"shap_values", "interaction_values", "row_index", "feature_values"},
+        "tree_shap": {"shap_values", "interaction_values", "row_index", "feature_values",
+                      "interaction_importance"},
         "permutation_importance": {"importances"},
         "feature_vectors": {"cooccurrence", "vectors"},
         "rashomon_interactions": {"masks", "mask_losses", "main_effect_clouds", "fis_clouds",
