@@ -14,8 +14,11 @@ A kind has four parts, each called at a fixed point of a job's life:
   this model and dataset? Raise ``service.errors.Unprocessable``/``NotFound`` or a
   ``models.errors.ModelError`` (e.g. ``FeatureMismatch``) to refuse. May return the
   params with model-dependent defaults filled in (e.g. a scorer by task), else ``None``.
-- ``estimate(CheckContext)``: ``{"rows_to_predict": int, "seconds": float}`` for
-  ``?dry_run=true`` and the Job's ``estimate``.
+- ``estimate(CheckContext)``: ``{"rows_to_predict": int, "seconds": float,
+  "result_bytes": int, ...}`` for ``?dry_run=true`` and the Job's ``estimate``.
+  ``result_bytes`` is what the result's arrays will take (``service.results.arrays.
+  result_size`` computes it from their shapes); a job whose estimate exceeds
+  ``TABXAI_MAX_RESULT_BYTES`` is refused at POST, with the kind's ``result_advice``.
 - ``run(RunContext) -> JobOutput``: in the worker's job process, with memory limits.
   Report progress with ``ctx.progress(fraction, stage)`` (it raises
   ``explainers.progress.Cancelled`` when the job is cancelled); stream large per-row
@@ -260,7 +263,9 @@ class PlotSpec:
 
 @dataclass(frozen=True)
 class JobKind[P: BaseModel]:
-    """One kind of job. ``needs_model``: True, False, or "optional" (model-free mode)."""
+    """One kind of job. ``needs_model``: True, False, or "optional" (model-free mode).
+    ``result_advice``: how to ask for a smaller result, completing "Ask for less: ...".
+    """
 
     name: str
     params_model: type[P]
@@ -269,6 +274,7 @@ class JobKind[P: BaseModel]:
     estimate: Callable[[CheckContext[P]], dict[str, Any]]
     run: Callable[[RunContext[P]], JobOutput]
     plots: Mapping[str, PlotSpec] = field(default_factory=dict)
+    result_advice: str = "explain fewer rows (max_rows)"
 
     @property
     def module(self) -> str:

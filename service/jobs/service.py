@@ -38,7 +38,7 @@ from service.jobs.tables import (
     JobRecord,
 )
 from service.pagination import paginate
-from service.results.arrays import delete_arrays
+from service.results.arrays import delete_arrays, format_bytes
 
 log = logging.getLogger("tabxai.jobs")
 
@@ -83,7 +83,24 @@ def check_job(session: Session, settings: Settings, workspace_id: str, body: Job
                                model=model, model_id=body.model_id,
                                job_memory_bytes=settings.job_memory_bytes)
     estimate = kind.estimate(context)
+    _check_result_size(kind, estimate, settings.max_result_bytes)
     return CheckedJob(body=body, kind=kind, params=params, estimate=estimate)
+
+
+def _check_result_size(kind: JobKind[Any], estimate: dict[str, Any], limit: int) -> None:
+    """Refuse a job whose estimated result is larger than a job may store."""
+    size = estimate.get("result_bytes")
+    if size is None or size <= limit:
+        return
+    by_array = estimate.get("result_bytes_by_array") or {}
+    largest = max(by_array.items(), key=lambda item: item[1], default=None)
+    part = (f", {largest[0]} alone {format_bytes(largest[1])}"
+            if largest is not None and len(by_array) > 1 else "")
+    raise Unprocessable(
+        f"The result of this job would take about {format_bytes(size)} ({size:,} bytes"
+        f"{part}), more than the {format_bytes(limit)} ({limit:,} bytes) one job may store "
+        f"(TABXAI_MAX_RESULT_BYTES). Ask for less: {kind.result_advice}; or ask the "
+        "operator to raise TABXAI_MAX_RESULT_BYTES.", code="result_too_large")
 
 
 def enqueue_job(db: Database, settings: Settings, workspace_id: str, checked: CheckedJob,

@@ -33,6 +33,7 @@ from service.methods.inputs import (
     rows_per_second,
     sample_rows,
 )
+from service.results.arrays import result_size
 
 
 class PermutationImportanceParams(BaseModel):
@@ -72,7 +73,9 @@ def estimate(ctx: CheckContext[PermutationImportanceParams]) -> dict[str, Any]:
     rows = min(ctx.dataset.n_rows, ctx.params.max_rows or ctx.dataset.n_rows)
     to_predict = rows * (1 + len(checked.groups) * ctx.params.n_repeats)
     return {"rows_to_predict": to_predict,
-            "seconds": round(to_predict / rows_per_second(ctx.model) + 1.0, 1)}
+            "seconds": round(to_predict / rows_per_second(ctx.model) + 1.0, 1),
+            **result_size({"importances": ((len(checked.groups), ctx.params.n_repeats),
+                                           "float32")})}
 
 
 def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
@@ -104,6 +107,7 @@ def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
 register_kind(JobKind(
     name="permutation_importance",
     params_model=PermutationImportanceParams,
+    result_advice="use fewer repeats (n_repeats) or features",
     needs_model=True,
     check=check,
     estimate=estimate,

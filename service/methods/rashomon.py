@@ -37,6 +37,7 @@ from service.methods.inputs import (
     require_target,
     rows_per_second,
 )
+from service.results.arrays import result_size
 
 # Rows per predict call on the CPU: large enough to amortize the call's fixed cost, small
 # enough that a call's intermediate arrays stay in the cache (a hidden layer of 64 floats
@@ -48,6 +49,10 @@ BATCH_BYTES = 8 << 20
 # On a GPU a call costs a launch and two transfers whatever its size: far larger calls.
 GPU_BATCH_ROWS = 400_000
 GPU_BATCH_BYTES = 128 << 20
+
+# Accepted search steps per budget step, feature and direction, for the estimate of the
+# search trace's size: 7.4 in the searches of the tests' data (delta 0.5, lr 0.1).
+TRACE_STEPS = 8
 
 
 def batch_rows_for(n_features: int, device: str = "cpu") -> int:
@@ -114,7 +119,29 @@ def estimate(ctx: CheckContext[RashomonJobParams]) -> dict[str, Any]:
                          task=ctx.model.task)  # type: ignore[arg-type]
     rows = int(cost["rows_to_predict"])
     return {"rows_to_predict": rows, "rows_by_stage": cost.get("rows_by_stage"),
-            "seconds": round(rows / rows_per_second(ctx.model, n_threads=1) + 1.0, 1)}
+            "seconds": round(rows / rows_per_second(ctx.model, n_threads=1) + 1.0, 1),
+            **result_size(result_arrays(cost, len(names), params))}
+
+
+def result_arrays(cost: dict[str, Any], p: int, params: RashomonParams
+                  ) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every array of a result on ``p`` features, from the method's
+    ``estimate_cost``. The search trace's length depends on the data: counted as
+    TRACE_STEPS accepted steps per budget step, feature and direction (a few hundred
+    kB at most: little next to the other arrays of a large result)."""
+    d, o = params.n_steps + 1, params.order
+    s, k = int(cost["n_subsets"]), int(cost["models_per_subset"])
+    steps = 2 * int(cost["n_features_explored"]) * d * TRACE_STEPS
+    floats = {"masks": (p, d, 2), "mask_losses": (p, d, 2), "main_effect_clouds": (p, d, 2),
+              "main_effect_losses": (p, d, 2), "reference_main_effects": (p,),
+              "reference_fis": (s,), "combo_radius": (k,), "fis_masks": (s, k, o),
+              "fis_clouds": (s, k), "fis_losses": (s, k), "fis_in_set": (s, k),
+              "fis_joint_effects": (s, k), "fis_main_effects": (s, k, o),
+              "halo": (s, k, 2, o), "grid": (d,), "search_trace": (steps, 4)}
+    integers = {"subsets": (s, o), "combo_steps": (k, o), "combo_signs": (k, o),
+                "row_index": (int(cost["n_rows"]),)}
+    return {**{name: (shape, "float32") for name, shape in floats.items()},
+            **{name: (shape, "int64") for name, shape in integers.items()}}
 
 
 def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
@@ -213,6 +240,8 @@ _ALL = ("masks", "mask_losses", "main_effect_clouds", "fis_clouds", "fis_losses"
 register_kind(JobKind(
     name="rashomon_interactions",
     params_model=RashomonJobParams,
+    result_advice=("explore fewer features (features), a lower order, fewer radii or a "
+                   "larger delta"),
     needs_model=True,
     check=check,
     estimate=estimate,

@@ -28,6 +28,7 @@ from service.methods.inputs import (
     require_model,
     sample_rows,
 )
+from service.results.arrays import result_size
 
 INTERACTION_ROWS = 10_000
 PLOT_ROWS = 5_000
@@ -80,7 +81,23 @@ def estimate(ctx: CheckContext[TreeShapParams]) -> dict[str, Any]:
     steps = rows * n_leaves * depth * model.n_outputs
     if params.interactions:
         steps *= max(1, model.n_features)
-    return {"rows_to_predict": rows, "seconds": round(steps / 2e8 + 1.0, 1)}
+    return {"rows_to_predict": rows, "seconds": round(steps / 2e8 + 1.0, 1),
+            **result_size(result_arrays(rows, model.n_features, model.n_outputs,
+                                        interactions=params.interactions))}
+
+
+def result_arrays(rows: int, f: int, k: int, *, interactions: bool
+                  ) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every array a job on ``rows`` rows, ``f`` features and ``k``
+    outputs stores."""
+    per_output = () if k == 1 else (k,)
+    arrays = {"shap_values": ((rows, *per_output, f), "float32"),
+              "row_index": ((rows,), "int64"),
+              "feature_values": ((min(rows, PLOT_ROWS), f), "float32")}
+    if interactions:
+        arrays["interaction_values"] = ((rows, *per_output, f, f), "float32")
+        arrays["interaction_importance"] = ((*per_output, f, f), "float32")
+    return arrays
 
 
 def run(ctx: RunContext[TreeShapParams]) -> JobOutput:
@@ -164,6 +181,7 @@ def _draw_summary(summary: dict[str, Any], arrays: dict[str, np.ndarray], **_: A
 register_kind(JobKind(
     name="tree_shap",
     params_model=TreeShapParams,
+    result_advice="explain fewer rows (max_rows) or leave out interactions",
     needs_model=True,
     check=check,
     estimate=estimate,

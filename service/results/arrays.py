@@ -36,7 +36,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +129,24 @@ class ArrayMeta:
 def array_bytes(shape: Sequence[int], dtype: str) -> int:
     """Bytes an array of ``shape`` takes in storage (float32: 4 per value, int64: 8)."""
     return math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+
+
+def result_size(arrays: Mapping[str, tuple[Sequence[int], str]]) -> dict[str, Any]:
+    """The ``result_bytes`` (and ``result_bytes_by_array``) of a job's estimate, given
+    the shape and dtype ("float32" or "int64") each of its arrays will have."""
+    by_array = {name: array_bytes(shape, dtype) for name, (shape, dtype) in arrays.items()}
+    return {"result_bytes": sum(by_array.values()), "result_bytes_by_array": by_array}
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for a person: 512 bytes, 3.2 MiB, 4.0 GiB."""
+    if n < 1024:
+        return f"{n:,.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:,.1f} {unit}"
+    return f"{n / 1024:,.1f} TiB"
 
 
 def chunk_rows_for(row_shape: Sequence[int], dtype: str) -> int:
