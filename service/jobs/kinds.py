@@ -20,8 +20,11 @@ A kind has four parts, each called at a fixed point of a job's life:
   result_size`` computes it from their shapes); a job whose estimate exceeds
   ``TABXAI_MAX_RESULT_BYTES`` is refused at POST, with the kind's ``result_advice``.
 - ``run(RunContext) -> JobOutput``: in the worker's job process, with memory limits.
-  Report progress with ``ctx.progress(fraction, stage)`` (it raises
-  ``explainers.progress.Cancelled`` when the job is cancelled); stream large per-row
+  Report progress with ``ctx.progress(fraction, stage)``: ``fraction`` is the share of
+  the whole job done (0 to 1, never going back; a lower value is ignored), ``stage`` a
+  word for what it is doing. A method that reports each of its stages from 0 to 1
+  reports through :func:`stage_progress`. The callback raises
+  ``explainers.progress.Cancelled`` when the job is cancelled. Stream large per-row
   arrays with ``ctx.array_writer``; return the summary and any other arrays.
 
 Errors in ``run``: :class:`JobInputError`, ``models.errors.ModelError`` and ``ValueError``
@@ -71,6 +74,7 @@ __all__ = [
     "kind_names",
     "load_kind_modules",
     "register_kind",
+    "stage_progress",
 ]
 
 log = logging.getLogger("tabxai.jobs.kinds")
@@ -165,8 +169,9 @@ class RunContext[P: BaseModel]:
     facts (``model`` is None for model-free jobs). n_threads: threads the method may use.
     memory_limit_bytes: memory the process may add (past it, MemoryError).
     tmp_dir: a private scratch directory, removed when the job ends.
-    progress: ``progress(fraction, stage)``, fraction in [0, 1]; cheap to call often
-    (throttled); raises ``explainers.progress.Cancelled`` once the job is cancelled.
+    progress: ``progress(fraction, stage)``, fraction of the whole job in [0, 1]
+    (monotonic: a lower value than before is ignored); cheap to call often (throttled);
+    raises ``explainers.progress.Cancelled`` once the job is cancelled.
     """
 
     job_id: str
@@ -280,6 +285,33 @@ class JobKind[P: BaseModel]:
     def module(self) -> str:
         """The module that registers this kind; a job process imports it to find it."""
         return self.run.__module__
+
+
+def stage_progress(progress: ProgressCallback, weights: Mapping[str, float], *,
+                   start: float = 0.0, end: float = 1.0) -> ProgressCallback:
+    """A callback for a method that reports each of its stages from 0 to 1, passing on
+    the job's overall progress.
+
+    weights: the stages in the order they run, each with its share of the work (e.g. the
+    rows it predicts); ``[start, end]`` of the job's progress is divided among them.
+    A stage not in ``weights`` reports no further progress.
+    """
+    total = float(sum(weights.values())) or 1.0
+    spans: dict[str, tuple[float, float]] = {}
+    done = 0.0
+    for stage, weight in weights.items():
+        spans[stage] = (done / total, float(weight) / total)
+        done += float(weight)
+    reached = start
+
+    def report(fraction: float, stage: str) -> None:
+        nonlocal reached
+        if stage in spans:
+            first, share = spans[stage]
+            reached = start + (end - start) * (first + share * min(1.0, max(0.0, fraction)))
+        progress(reached, stage)
+
+    return report
 
 
 _registry: dict[str, JobKind[Any]] = {}

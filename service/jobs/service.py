@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -204,6 +204,7 @@ register_in_use_check(job_in_use_reason)
 
 def job_out(job: JobRecord) -> JobOut:
     return JobOut(
+        eta_seconds=eta_seconds(job, utcnow()),
         id=job.id, kind=job.kind, status=job.status,  # type: ignore[arg-type]
         progress=job.progress, stage=job.stage, model_id=job.model_id,
         dataset_id=job.dataset_id, params=job.params, device=job.device,  # type: ignore[arg-type]
@@ -212,6 +213,20 @@ def job_out(job: JobRecord) -> JobOut:
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         estimate=job.estimate, queue=job.queue, cancel_requested=job.cancel_requested,
     )
+
+
+def eta_seconds(job: JobRecord, now: datetime) -> float | None:
+    """Seconds until a running job is expected to end, from the time it has run and its
+    overall progress (before any progress: what is left of its estimated seconds)."""
+    if job.status != RUNNING or job.started_at is None:
+        return None
+    elapsed = max(0.0, (now - job.started_at).total_seconds())
+    if job.progress > 0:
+        return round(elapsed * (1.0 - min(1.0, job.progress)) / job.progress, 1)
+    estimated = (job.estimate or {}).get("seconds")
+    if isinstance(estimated, int | float):
+        return round(max(0.0, float(estimated) - elapsed), 1)
+    return None
 
 
 def _validate_params(kind: JobKind[Any], params: dict[str, Any]) -> BaseModel:

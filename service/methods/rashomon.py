@@ -27,6 +27,7 @@ from service.jobs.kinds import (
     PlotSpec,
     RunContext,
     register_kind,
+    stage_progress,
 )
 from service.methods.inputs import (
     feature_names,
@@ -50,6 +51,8 @@ BATCH_BYTES = 8 << 20
 GPU_BATCH_ROWS = 400_000
 GPU_BATCH_BYTES = 128 << 20
 
+# The share of a job's progress given to loading the data and the model.
+LOADING_SHARE = 0.02
 # Accepted search steps per budget step, feature and direction, for the estimate of the
 # search trace's size: 7.4 in the searches of the tests' data (delta 0.5, lr 0.1).
 TRACE_STEPS = 8
@@ -170,13 +173,17 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     # The predict calls are many and small: BLAS threads inside one call only add
     # hand-offs, so the worker's cores run whole calls side by side instead (the numbers
     # do not depend on it).
+    # The method reports each of its four stages from 0 to 1: the job's progress gives
+    # each the share of the rows it predicts.
+    cost = estimate_cost(len(X), X.shape[1], params, task=model.task)  # type: ignore[arg-type]
+    progress = stage_progress(ctx.progress, cost["rows_by_stage"], start=LOADING_SHARE)
     with threadpool_limits(limits=1, user_api="blas"):
         result = rashomon_interactions(
             predict, X, y, task=model.task,  # type: ignore[arg-type]
             feature_names=names, params=params,
             batch_rows=batch_rows_for(X.shape[1], device_used),
             n_jobs=max(1, ctx.n_threads), dtype=model.input_dtype,
-            progress=ctx.progress)
+            progress=progress)
     summary = result.summary()
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state)}
