@@ -58,7 +58,6 @@ DTYPES = ("float32", "int64")
 MAX_CHUNK_ROWS = 65_536
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
-AXIS_NAME = NAME
 
 TransactionFactory = Callable[[], AbstractContextManager[Session]]
 
@@ -72,9 +71,8 @@ class Axis:
     labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not AXIS_NAME.match(self.name):
-            raise ValueError(f"axis name {self.name!r} must be a letter followed by letters, "
-                             "digits or underscores (at most 100)")
+        if not 0 < len(self.name) <= 100:
+            raise ValueError(f"axis name {self.name!r} must have 1 to 100 characters")
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(str(v) for v in self.labels))
 
