@@ -50,13 +50,19 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from service.db import Database
-from service.errors import NotFound
+from service.errors import NotFound, Unprocessable
 from service.results.tables import ArrayChunk, ResultArray
 from service.storage import delete_blob, read_chunk, store_chunks
 
 DTYPES = ("float32", "int64")
 MAX_CHUNK_ROWS = 65_536
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
+MAX_PAGE_ROWS = 1000
+DEFAULT_PAGE_ROWS = 100
+# Values in one JSON page (a few MB of JSON): rows of a wide array (e.g. interaction
+# values, F x F per row) come fewer to a page, and an array with rows wider than a page
+# is only downloaded.
+MAX_PAGE_VALUES = 250_000
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
 
 TransactionFactory = Callable[[], AbstractContextManager[Session]]
@@ -396,6 +402,33 @@ def iter_chunks(db: Database, meta: ArrayMeta, start: int = 0, stop: int | None 
         yield seq * meta.chunk_rows, np.frombuffer(data, dtype=dtype).reshape(
             n_rows, *meta.row_shape)
 
+
+
+def max_page_rows(meta: ArrayMeta) -> int:
+    """Most rows of the array a JSON page holds: at most MAX_PAGE_ROWS and
+    MAX_PAGE_VALUES values (0 when one row is wider than that)."""
+    return min(MAX_PAGE_ROWS, MAX_PAGE_VALUES // max(1, math.prod(meta.row_shape)))
+
+
+def page_limit(meta: ArrayMeta, limit: int | None, *, download: str) -> int:
+    """The rows a JSON page of the array holds: ``limit``, by default DEFAULT_PAGE_ROWS
+    or fewer; Unprocessable when more than :func:`max_page_rows` are asked for.
+    ``download``: the array's URL without suffix, for the refusal's advice."""
+    largest = max_page_rows(meta)
+    per_row = math.prod(meta.row_shape)
+    whole = f"download it whole instead: GET {download}.npy (or .parquet, .csv)"
+    if largest == 0:
+        raise Unprocessable(
+            f"A row of the array '{meta.name}' holds {per_row:,} values, more than a JSON "
+            f"page carries ({MAX_PAGE_VALUES:,}); {whole}.", code="page_too_large")
+    if limit is None:
+        return min(DEFAULT_PAGE_ROWS, largest)
+    if limit > largest:
+        raise Unprocessable(
+            f"A JSON page of the array '{meta.name}' holds at most {largest:,} rows (each "
+            f"row has {per_row:,} values; a page at most {MAX_PAGE_VALUES:,}); ask for "
+            f"limit={largest} or fewer, or {whole}.", code="page_too_large")
+    return limit
 
 
 # -- downloads ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from service.deps import DatabaseDep, ReadSessionDep, WorkspaceDep
-from service.errors import Conflict, Unprocessable
+from service.errors import Conflict
 from service.jobs.service import get_job
 from service.jobs.tables import CANCELLED, FAILED, SUCCEEDED, JobRecord
 from service.results import arrays, plots
@@ -23,12 +23,9 @@ from service.results.tables import JobResult
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
 
-MAX_PAGE_ROWS = 1000
-DEFAULT_PAGE_ROWS = 100
-# Values in one JSON page (a few MB of JSON): rows of a wide array (e.g. interaction
-# values, F x F per row) come fewer to a page, and an array too wide for one row a
-# page is only downloaded.
-MAX_PAGE_VALUES = 250_000
+MAX_PAGE_ROWS = arrays.MAX_PAGE_ROWS
+DEFAULT_PAGE_ROWS = arrays.DEFAULT_PAGE_ROWS
+MAX_PAGE_VALUES = arrays.MAX_PAGE_VALUES
 
 
 class AxisOut(BaseModel):
@@ -130,21 +127,7 @@ def array_page(job_id: str, name: str, db: DatabaseDep, session: ReadSessionDep,
     """Rows ``offset .. offset+limit`` as JSON (NaN as null; float32 values in their
     shortest decimal form)."""
     meta = _array(session, workspace.id, job_id, name)
-    largest = _max_page_rows(meta)
-    per_row = math.prod(meta.row_shape)
-    download = (f"download it whole instead: GET /v1/jobs/{job_id}/result/arrays/"
-                f"{name}.npy (or .parquet, .csv)")
-    if largest == 0:
-        raise Unprocessable(
-            f"A row of the array '{name}' holds {per_row:,} values, more than a JSON page "
-            f"carries ({MAX_PAGE_VALUES:,}); {download}.", code="page_too_large")
-    if limit is None:
-        limit = min(DEFAULT_PAGE_ROWS, largest)
-    elif limit > largest:
-        raise Unprocessable(
-            f"A JSON page of the array '{name}' holds at most {largest:,} rows (each row "
-            f"has {per_row:,} values; a page at most {MAX_PAGE_VALUES:,}); ask for "
-            f"limit={largest} or fewer, or {download}.", code="page_too_large")
+    limit = arrays.page_limit(meta, limit, download=f"/v1/jobs/{job_id}/result/arrays/{name}")
     rows = arrays.read_rows(db, meta, offset=offset, limit=limit)
     return ArrayPage(name=meta.name, shape=list(meta.shape), offset=offset, limit=limit,
                      rows=_json_rows(rows))
@@ -190,7 +173,8 @@ def _succeeded_job(session: Session, workspace_id: str, job_id: str) -> JobRecor
     ended = _timestamp(job.finished_at)
     if job.status == CANCELLED:
         raise Conflict(f"The job {job_id} was cancelled{ended}, so it has no result. "
-                       "Send the same POST /v1/jobs again to run it anew.",
+                       "Submit it again (POST /v1/jobs, with a new Idempotency-Key if you "
+                       "use one) to run it anew.",
                        code="job_cancelled")
     if job.status == FAILED:
         error = job.error or {}
@@ -223,11 +207,7 @@ def _array_out(meta: arrays.ArrayMeta) -> ArrayOut:
                     dims=[AxisOut(name=axis.name, size=size,
                                   labels=list(axis.labels) if axis.labels is not None else None)
                           for axis, size in zip(meta.dims, meta.shape, strict=True)],
-                    nbytes=meta.nbytes, max_page_rows=_max_page_rows(meta))
-
-
-def _max_page_rows(meta: arrays.ArrayMeta) -> int:
-    return min(MAX_PAGE_ROWS, MAX_PAGE_VALUES // max(1, math.prod(meta.row_shape)))
+                    nbytes=meta.nbytes, max_page_rows=arrays.max_page_rows(meta))
 
 
 def _attachment(job_id: str, name: str, suffix: str, size: int | None = None
