@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=0, description="Workers `tabxai serve` starts beside the API.")
     worker_device: Literal["auto", "cpu", "cuda"] = "auto"
     job_memory_bytes: int = Field(8 * GiB, gt=0, description="Memory cap of one job process.")
+    max_result_bytes: int = Field(
+        4 * GiB, gt=0, description="Largest result one job may store, as estimated when it "
+        "is submitted (larger jobs are refused with 422).")
     lease_seconds: float = Field(30.0, gt=0, description="How long a claimed job stays leased.")
     heartbeat_seconds: float = Field(5.0, gt=0)
     poll_seconds: float = Field(0.2, gt=0, description="Queue polling interval (SQLite).")

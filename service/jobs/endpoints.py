@@ -74,20 +74,22 @@ def get_job(job_id: str, session: ReadSessionDep, workspace: WorkspaceDep) -> Jo
 async def job_events(job_id: str, request: Request, db: DatabaseDep, workspace: WorkspaceDep
                      ) -> StreamingResponse:
     """Server-sent events of the job as it changes, ending when it ends."""
-    await run_in_threadpool(_job_json, db, workspace.id, job_id)  # 404 before streaming
+    await run_in_threadpool(_job_out, db, workspace.id, job_id)  # 404 before streaming
 
     async def stream() -> AsyncIterator[str]:
         last: str | None = None
         last_sent = time.monotonic()
         while not await request.is_disconnected():
             try:
-                current = await run_in_threadpool(_job_json, db, workspace.id, job_id)
+                job = await run_in_threadpool(_job_out, db, workspace.id, job_id)
             except NotFound:  # deleted while watched
                 return
+            # The ETA changes with the clock alone: a new event when anything else does.
+            current = job.model_dump_json(exclude={"eta_seconds"})
             if current != last:
-                yield f"event: job\ndata: {current}\n\n"
+                yield f"event: job\ndata: {job.model_dump_json()}\n\n"
                 last, last_sent = current, time.monotonic()
-                if JobOut.model_validate_json(current).status in FINAL_STATUSES:
+                if job.status in FINAL_STATUSES:
                     return
             elif time.monotonic() - last_sent >= KEEP_ALIVE_SECONDS:
                 yield ": keep-alive\n\n"
@@ -109,7 +111,7 @@ def delete_job(job_id: str, db: DatabaseDep, workspace: WorkspaceDep) -> Respons
     return Response(status_code=204)
 
 
-def _job_json(db: Database, workspace_id: str, job_id: str) -> str:
+def _job_out(db: Database, workspace_id: str, job_id: str) -> JobOut:
     with db.session() as session:
         job: JobRecord = service.get_job(session, workspace_id, job_id)
-        return service.job_out(job).model_dump_json()
+        return service.job_out(job)

@@ -14,11 +14,17 @@ A kind has four parts, each called at a fixed point of a job's life:
   this model and dataset? Raise ``service.errors.Unprocessable``/``NotFound`` or a
   ``models.errors.ModelError`` (e.g. ``FeatureMismatch``) to refuse. May return the
   params with model-dependent defaults filled in (e.g. a scorer by task), else ``None``.
-- ``estimate(CheckContext)``: ``{"rows_to_predict": int, "seconds": float}`` for
-  ``?dry_run=true`` and the Job's ``estimate``.
+- ``estimate(CheckContext)``: ``{"rows_to_predict": int, "seconds": float,
+  "result_bytes": int, ...}`` for ``?dry_run=true`` and the Job's ``estimate``.
+  ``result_bytes`` is what the result's arrays will take (``service.results.arrays.
+  result_size`` computes it from their shapes); a job whose estimate exceeds
+  ``TABXAI_MAX_RESULT_BYTES`` is refused at POST, with the kind's ``result_advice``.
 - ``run(RunContext) -> JobOutput``: in the worker's job process, with memory limits.
-  Report progress with ``ctx.progress(fraction, stage)`` (it raises
-  ``explainers.progress.Cancelled`` when the job is cancelled); stream large per-row
+  Report progress with ``ctx.progress(fraction, stage)``: ``fraction`` is the share of
+  the whole job done (0 to 1, never going back; a lower value is ignored), ``stage`` a
+  word for what it is doing. A method that reports each of its stages from 0 to 1
+  reports through :func:`stage_progress`. The callback raises
+  ``explainers.progress.Cancelled`` when the job is cancelled. Stream large per-row
   arrays with ``ctx.array_writer``; return the summary and any other arrays.
 
 Errors in ``run``: :class:`JobInputError`, ``models.errors.ModelError`` and ``ValueError``
@@ -42,6 +48,7 @@ from pydantic import BaseModel
 from explainers.progress import ProgressCallback
 from models.inspection import ModelInfo
 from service.catalog.tabular import Column
+from service.results.arrays import Axis
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_KIND_MODULES",
+    "Axis",
     "EXTRA_KINDS_ENV",
     "CheckContext",
     "DatasetInfo",
@@ -66,6 +74,7 @@ __all__ = [
     "kind_names",
     "load_kind_modules",
     "register_kind",
+    "stage_progress",
 ]
 
 log = logging.getLogger("tabxai.jobs.kinds")
@@ -147,7 +156,8 @@ class RunResources(Protocol):
 
     def array_writer(self, name: str, dtype: str, row_shape: Sequence[int], *,
                      axes: Sequence[str] | None, labels: Sequence[str] | None,
-                     chunk_rows: int | None) -> ArrayWriter: ...
+                     chunk_rows: int | None, dims: Sequence[Axis] | None = None
+                     ) -> ArrayWriter: ...
 
 
 @dataclass(frozen=True)
@@ -159,8 +169,9 @@ class RunContext[P: BaseModel]:
     facts (``model`` is None for model-free jobs). n_threads: threads the method may use.
     memory_limit_bytes: memory the process may add (past it, MemoryError).
     tmp_dir: a private scratch directory, removed when the job ends.
-    progress: ``progress(fraction, stage)``, fraction in [0, 1]; cheap to call often
-    (throttled); raises ``explainers.progress.Cancelled`` once the job is cancelled.
+    progress: ``progress(fraction, stage)``, fraction of the whole job in [0, 1]
+    (monotonic: a lower value than before is ignored); cheap to call often (throttled);
+    raises ``explainers.progress.Cancelled`` once the job is cancelled.
     """
 
     job_id: str
@@ -186,16 +197,20 @@ class RunContext[P: BaseModel]:
     def array_writer(self, name: str, dtype: str, row_shape: Sequence[int] = (), *,
                      axes: Sequence[str] | None = None,
                      labels: Sequence[str] | None = None,
-                     chunk_rows: int | None = None) -> ArrayWriter:
+                     chunk_rows: int | None = None,
+                     dims: Sequence[Axis] | None = None) -> ArrayWriter:
         """A writer that appends rows of the result array ``name`` to storage as they
         are computed, so that a large array is never held whole.
 
         dtype: "float32" or "int64"; row_shape: the shape of one row (``()`` for a
         vector, ``(F,)`` for an [N, F] matrix, ``(K, F)`` for [N, K, F]).
-        axes: names of the axes after the row axis, used as column names of the long
-        form of 3-D and 4-D arrays (default ``axis_1``, ``axis_2``, ...).
-        labels: names of the entries of the last axis (e.g. feature names), used as
-        column names (2-D) or values (long form) of the Parquet and CSV downloads.
+        dims: an :class:`Axis` (name, labels) per axis, the row axis first, e.g.
+        ``[Axis("row"), Axis("feature", names)]``; labels name the entries of an axis
+        (features, outputs) in the array's metadata and as column names (2-D) or values
+        (long form) of the Parquet and CSV downloads. Give every axis whose entries
+        have names its labels. The shorthand instead of dims: ``axes``, the names of
+        the axes after the row axis (default ``axis_1``, ``axis_2``, ...), and
+        ``labels``, the labels of the last one.
         chunk_rows: rows per stored chunk; default (and most): as many as fit in about
         4 MiB, at most 65,536.
 
@@ -204,7 +219,7 @@ class RunContext[P: BaseModel]:
         ``run`` is closed when ``run`` returns.
         """
         return self.resources.array_writer(name, dtype, row_shape, axes=axes, labels=labels,
-                                           chunk_rows=chunk_rows)
+                                           chunk_rows=chunk_rows, dims=dims)
 
 
 @dataclass(frozen=True)
@@ -213,10 +228,12 @@ class JobOutput:
 
     summary: JSON-able (plain floats/ints/str/lists/dicts, no NaN); the service adds
     ``provenance`` fields (job, versions, device) to any ``summary["provenance"]``.
+    Keep it small: large matrices belong in ``arrays``.
     arrays: further per-row arrays, stored like the ones written with
     ``ctx.array_writer`` (floats as float32, integers and booleans as int64).
-    array_axes, array_labels: per array name, as the ``axes`` and ``labels`` of
-    ``RunContext.array_writer``.
+    array_dims: per array name, as the ``dims`` of ``RunContext.array_writer`` (the
+    first axis may have labels too, e.g. the features of an importance matrix).
+    array_axes, array_labels: per array name, the shorthand ``axes`` and ``labels``.
     device_used: "cpu" or "cuda" where the method ran elsewhere than ``ctx.device``
     (e.g. a fallback); None means ``ctx.device``.
     """
@@ -225,6 +242,7 @@ class JobOutput:
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     array_axes: Mapping[str, Sequence[str]] = field(default_factory=dict)
     array_labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    array_dims: Mapping[str, Sequence[Axis]] = field(default_factory=dict)
     device_used: Device | None = None
 
 
@@ -250,7 +268,9 @@ class PlotSpec:
 
 @dataclass(frozen=True)
 class JobKind[P: BaseModel]:
-    """One kind of job. ``needs_model``: True, False, or "optional" (model-free mode)."""
+    """One kind of job. ``needs_model``: True, False, or "optional" (model-free mode).
+    ``result_advice``: how to ask for a smaller result, completing "Ask for less: ...".
+    """
 
     name: str
     params_model: type[P]
@@ -259,11 +279,39 @@ class JobKind[P: BaseModel]:
     estimate: Callable[[CheckContext[P]], dict[str, Any]]
     run: Callable[[RunContext[P]], JobOutput]
     plots: Mapping[str, PlotSpec] = field(default_factory=dict)
+    result_advice: str = "explain fewer rows (max_rows)"
 
     @property
     def module(self) -> str:
         """The module that registers this kind; a job process imports it to find it."""
         return self.run.__module__
+
+
+def stage_progress(progress: ProgressCallback, weights: Mapping[str, float], *,
+                   start: float = 0.0, end: float = 1.0) -> ProgressCallback:
+    """A callback for a method that reports each of its stages from 0 to 1, passing on
+    the job's overall progress.
+
+    weights: the stages in the order they run, each with its share of the work (e.g. the
+    rows it predicts); ``[start, end]`` of the job's progress is divided among them.
+    A stage not in ``weights`` reports no further progress.
+    """
+    total = float(sum(weights.values())) or 1.0
+    spans: dict[str, tuple[float, float]] = {}
+    done = 0.0
+    for stage, weight in weights.items():
+        spans[stage] = (done / total, float(weight) / total)
+        done += float(weight)
+    reached = start
+
+    def report(fraction: float, stage: str) -> None:
+        nonlocal reached
+        if stage in spans:
+            first, share = spans[stage]
+            reached = start + (end - start) * (first + share * min(1.0, max(0.0, fraction)))
+        progress(reached, stage)
+
+    return report
 
 
 _registry: dict[str, JobKind[Any]] = {}

@@ -26,7 +26,9 @@ class JobError(BaseModel):
 
 
 class JobOut(BaseModel):
-    """A job. ``estimate``, ``queue`` and ``cancel_requested`` extend API.md's Job."""
+    """A job. ``estimate``, ``queue``, ``cancel_requested`` and ``eta_seconds`` extend
+    API.md's Job. ``progress`` is the share of the whole job done (0 to 1; it only goes
+    up within an attempt), ``stage`` what the job is doing now."""
 
     id: str = Field(examples=["job_01jd8x3q7c9w6f4n2k5r8t0v1b"])
     kind: str
@@ -46,6 +48,10 @@ class JobOut(BaseModel):
     estimate: dict[str, Any] | None = None
     queue: str
     cancel_requested: bool
+    eta_seconds: float | None = Field(
+        None, description="Seconds until a running job is expected to end: the time it "
+        "has run times (1 - progress) / progress, or, before any progress, what is left "
+        "of the estimate's seconds. null unless the job is running.")
 
 
 class EstimateOut(BaseModel):

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -38,7 +38,7 @@ from service.jobs.tables import (
     JobRecord,
 )
 from service.pagination import paginate
-from service.results.arrays import delete_arrays
+from service.results.arrays import delete_arrays, format_bytes
 
 log = logging.getLogger("tabxai.jobs")
 
@@ -83,7 +83,24 @@ def check_job(session: Session, settings: Settings, workspace_id: str, body: Job
                                model=model, model_id=body.model_id,
                                job_memory_bytes=settings.job_memory_bytes)
     estimate = kind.estimate(context)
+    _check_result_size(kind, estimate, settings.max_result_bytes)
     return CheckedJob(body=body, kind=kind, params=params, estimate=estimate)
+
+
+def _check_result_size(kind: JobKind[Any], estimate: dict[str, Any], limit: int) -> None:
+    """Refuse a job whose estimated result is larger than a job may store."""
+    size = estimate.get("result_bytes")
+    if size is None or size <= limit:
+        return
+    by_array = estimate.get("result_bytes_by_array") or {}
+    largest = max(by_array.items(), key=lambda item: item[1], default=None)
+    part = (f", {largest[0]} alone {format_bytes(largest[1])}"
+            if largest is not None and len(by_array) > 1 else "")
+    raise Unprocessable(
+        f"The result of this job would take about {format_bytes(size)} ({size:,} bytes"
+        f"{part}), more than the {format_bytes(limit)} ({limit:,} bytes) one job may store "
+        f"(TABXAI_MAX_RESULT_BYTES). Ask for less: {kind.result_advice}; or ask the "
+        "operator to raise TABXAI_MAX_RESULT_BYTES.", code="result_too_large")
 
 
 def enqueue_job(db: Database, settings: Settings, workspace_id: str, checked: CheckedJob,
@@ -187,6 +204,7 @@ register_in_use_check(job_in_use_reason)
 
 def job_out(job: JobRecord) -> JobOut:
     return JobOut(
+        eta_seconds=eta_seconds(job, utcnow()),
         id=job.id, kind=job.kind, status=job.status,  # type: ignore[arg-type]
         progress=job.progress, stage=job.stage, model_id=job.model_id,
         dataset_id=job.dataset_id, params=job.params, device=job.device,  # type: ignore[arg-type]
@@ -195,6 +213,20 @@ def job_out(job: JobRecord) -> JobOut:
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         estimate=job.estimate, queue=job.queue, cancel_requested=job.cancel_requested,
     )
+
+
+def eta_seconds(job: JobRecord, now: datetime) -> float | None:
+    """Seconds until a running job is expected to end, from the time it has run and its
+    overall progress (before any progress: what is left of its estimated seconds)."""
+    if job.status != RUNNING or job.started_at is None:
+        return None
+    elapsed = max(0.0, (now - job.started_at).total_seconds())
+    if job.progress > 0:
+        return round(elapsed * (1.0 - min(1.0, job.progress)) / job.progress, 1)
+    estimated = (job.estimate or {}).get("seconds")
+    if isinstance(estimated, int | float):
+        return round(max(0.0, float(estimated) - elapsed), 1)
+    return None
 
 
 def _validate_params(kind: JobKind[Any], params: dict[str, Any]) -> BaseModel:

@@ -73,7 +73,7 @@ from service.jobs.queue import (
     release_job,
     retry_job,
 )
-from service.results.arrays import ArrayMeta, ArrayWriter, write_array
+from service.results.arrays import ArrayMeta, ArrayWriter, Axis, write_array
 
 log = logging.getLogger("tabxai.jobs.worker")
 
@@ -577,7 +577,12 @@ def _run_job(spec: JobSpec, db: Database, events: multiprocessing.connection.Con
 
 class _ProgressSender:
     """The job's progress callback: throttled messages to the worker; raises Cancelled
-    once the worker relays a cancel request."""
+    once the worker relays a cancel request.
+
+    The progress it sends never goes back: a fraction below one already reported is
+    sent as the one reported (a method that restarts at 0 in each stage must map its
+    stages onto the whole job, with ``service.jobs.kinds.stage_progress``).
+    """
 
     def __init__(self, events: multiprocessing.connection.Connection,
                  cancelled: threading.Event) -> None:
@@ -585,14 +590,17 @@ class _ProgressSender:
         self._cancelled = cancelled
         self._last_sent = 0.0
         self._stage = ""
+        self._reached = 0.0
 
     def __call__(self, fraction: float, stage: str) -> None:
         if self._cancelled.is_set():
             raise Cancelled("the job was cancelled")
+        if fraction == fraction:  # not NaN
+            self._reached = max(self._reached, min(1.0, float(fraction)))
         now = time.monotonic()
-        if stage != self._stage or fraction >= 1.0 or \
+        if stage != self._stage or self._reached >= 1.0 or \
                 now - self._last_sent >= _PROGRESS_SEND_SECONDS:
-            self._events.send(("progress", float(fraction), str(stage)))
+            self._events.send(("progress", self._reached, str(stage)))
             self._last_sent, self._stage = now, stage
 
 
@@ -649,13 +657,14 @@ class _JobResources:
 
     def array_writer(self, name: str, dtype: str, row_shape: Sequence[int], *,
                      axes: Sequence[str] | None, labels: Sequence[str] | None,
-                     chunk_rows: int | None) -> ArrayWriter:
+                     chunk_rows: int | None, dims: Sequence[Axis] | None = None
+                     ) -> ArrayWriter:
         if name in self.writers:
             raise ValueError(f"the job already writes an array named {name!r}")
         writer = ArrayWriter(self._transaction, job_id=self.spec.lease.job_id,
                              owner=self.spec.lease.owner, name=name, dtype=dtype,
                              row_shape=row_shape, axes=axes, labels=labels,
-                             chunk_rows=chunk_rows)
+                             chunk_rows=chunk_rows, dims=dims)
         self.writers[name] = writer
         return writer
 
@@ -668,7 +677,8 @@ class _JobResources:
             metas.append(write_array(
                 self._transaction, job_id=self.spec.lease.job_id,
                 owner=self.spec.lease.owner, name=name, values=values,
-                axes=output.array_axes.get(name), labels=output.array_labels.get(name)))
+                axes=output.array_axes.get(name), labels=output.array_labels.get(name),
+                dims=output.array_dims.get(name)))
         return metas
 
     def _transaction(self) -> Any:

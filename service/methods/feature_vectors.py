@@ -18,6 +18,7 @@ from explainers.feature_vectors_figures import draw_feature_vectors, draw_import
 from models.readers import read_ensemble
 from service.errors import Unprocessable
 from service.jobs.kinds import (
+    Axis,
     CheckContext,
     JobInputError,
     JobKind,
@@ -27,6 +28,7 @@ from service.jobs.kinds import (
     register_kind,
 )
 from service.methods.inputs import feature_names, model_columns, provenance, require_target
+from service.results.arrays import result_size
 
 FOREST_TREES = 2500
 FOREST_DEPTH = 3
@@ -78,11 +80,24 @@ def check(ctx: CheckContext[FeatureVectorsJobParams]) -> None:
 def estimate(ctx: CheckContext[FeatureVectorsJobParams]) -> dict[str, Any]:
     if ctx.model is None:
         rows = ctx.dataset.n_rows
+        # Categorical columns are one-hot encoded, then merged back into one feature.
+        p = sum(1 for c in ctx.dataset.columns if c.name != ctx.dataset.target)
         return {"rows_to_predict": 0,
-                "seconds": round(rows * FOREST_TREES * len(ctx.dataset.columns) / 4e7 + 2, 1)}
+                "seconds": round(rows * FOREST_TREES * len(ctx.dataset.columns) / 4e7 + 2, 1),
+                **result_size(result_arrays(p))}
     leaves = float(ctx.model.details.get("n_leaves") or 1000)
+    owner = {column: group for group, columns in (ctx.params.feature_groups or {}).items()
+             for column in columns}
+    names = feature_names(ctx.model, model_columns(ctx))
+    p = len({owner.get(name, name) for name in names})
     return {"rows_to_predict": 0,
-            "seconds": round(leaves * (1 + ctx.params.bagging) / 5e5 + 0.5, 1)}
+            "seconds": round(leaves * (1 + ctx.params.bagging) / 5e5 + 0.5, 1),
+            **result_size(result_arrays(p))}
+
+
+def result_arrays(p: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every array a result on ``p`` features (groups) stores."""
+    return {"cooccurrence": ((p, p), "float32"), "vectors": ((p, 2), "float32")}
 
 
 def run(ctx: RunContext[FeatureVectorsJobParams]) -> JobOutput:
@@ -103,9 +118,10 @@ def run(ctx: RunContext[FeatureVectorsJobParams]) -> JobOutput:
     summary["provenance"] = {**summary.get("provenance", {}), **model_note,
                              **provenance(seed=ctx.params.random_state)}
     arrays = result.arrays()
-    return JobOutput(summary=summary, arrays=arrays,
-                     array_labels={"cooccurrence": [str(n) for n in result.feature_names],
-                                   "vectors": ["v1", "v2"]})
+    features = Axis("feature", [str(n) for n in result.feature_names])
+    return JobOutput(summary=summary, arrays=arrays, array_dims={
+        "cooccurrence": [features, Axis("feature_2", features.labels)],
+        "vectors": [features, Axis("component", ["v1", "v2"])]})
 
 
 
@@ -182,6 +198,7 @@ def _encode(table: pa.Table, *, exclude: str
 register_kind(JobKind(
     name="feature_vectors",
     params_model=FeatureVectorsJobParams,
+    result_advice="merge columns into feature_groups",
     needs_model="optional",
     check=check,
     estimate=estimate,

@@ -14,7 +14,15 @@ from explainers.permutation import (
 )
 from explainers.permutation_figures import draw_importance
 from service.errors import Unprocessable
-from service.jobs.kinds import CheckContext, JobKind, JobOutput, PlotSpec, RunContext, register_kind
+from service.jobs.kinds import (
+    Axis,
+    CheckContext,
+    JobKind,
+    JobOutput,
+    PlotSpec,
+    RunContext,
+    register_kind,
+)
 from service.methods.inputs import (
     feature_names,
     model_columns,
@@ -25,6 +33,7 @@ from service.methods.inputs import (
     rows_per_second,
     sample_rows,
 )
+from service.results.arrays import result_size
 
 
 class PermutationImportanceParams(BaseModel):
@@ -64,7 +73,9 @@ def estimate(ctx: CheckContext[PermutationImportanceParams]) -> dict[str, Any]:
     rows = min(ctx.dataset.n_rows, ctx.params.max_rows or ctx.dataset.n_rows)
     to_predict = rows * (1 + len(checked.groups) * ctx.params.n_repeats)
     return {"rows_to_predict": to_predict,
-            "seconds": round(to_predict / rows_per_second(ctx.model) + 1.0, 1)}
+            "seconds": round(to_predict / rows_per_second(ctx.model) + 1.0, 1),
+            **result_size({"importances": ((len(checked.groups), ctx.params.n_repeats),
+                                           "float32")})}
 
 
 def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
@@ -86,13 +97,17 @@ def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
     summary = result.summary()
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state, rows_scored=len(rows))}
-    return JobOutput(summary=summary, arrays=result.arrays())
+    dims = [Axis("feature", result.names),
+            Axis("repeat", [f"repeat_{j}" for j in range(result.n_repeats)])]
+    return JobOutput(summary=summary, arrays=result.arrays(),
+                     array_dims={"importances": dims})
 
 
 
 register_kind(JobKind(
     name="permutation_importance",
     params_model=PermutationImportanceParams,
+    result_advice="use fewer repeats (n_repeats) or features",
     needs_model=True,
     check=check,
     estimate=estimate,

@@ -13,12 +13,22 @@ from threadpoolctl import threadpool_limits
 from explainers.rashomon import (
     RashomonParams,
     RashomonParamsError,
+    RashomonResult,
     estimate_cost,
     rashomon_interactions,
 )
 from explainers.rashomon_figures import draw_halo, draw_search_trace, draw_swarm, draw_swarm_main
 from service.errors import Unprocessable
-from service.jobs.kinds import CheckContext, JobKind, JobOutput, PlotSpec, RunContext, register_kind
+from service.jobs.kinds import (
+    Axis,
+    CheckContext,
+    JobKind,
+    JobOutput,
+    PlotSpec,
+    RunContext,
+    register_kind,
+    stage_progress,
+)
 from service.methods.inputs import (
     feature_names,
     model_columns,
@@ -28,6 +38,7 @@ from service.methods.inputs import (
     require_target,
     rows_per_second,
 )
+from service.results.arrays import result_size
 
 # Rows per predict call on the CPU: large enough to amortize the call's fixed cost, small
 # enough that a call's intermediate arrays stay in the cache (a hidden layer of 64 floats
@@ -39,6 +50,12 @@ BATCH_BYTES = 8 << 20
 # On a GPU a call costs a launch and two transfers whatever its size: far larger calls.
 GPU_BATCH_ROWS = 400_000
 GPU_BATCH_BYTES = 128 << 20
+
+# The share of a job's progress given to loading the data and the model.
+LOADING_SHARE = 0.02
+# Accepted search steps per budget step, feature and direction, for the estimate of the
+# search trace's size: 7.4 in the searches of the tests' data (delta 0.5, lr 0.1).
+TRACE_STEPS = 8
 
 
 def batch_rows_for(n_features: int, device: str = "cpu") -> int:
@@ -105,7 +122,29 @@ def estimate(ctx: CheckContext[RashomonJobParams]) -> dict[str, Any]:
                          task=ctx.model.task)  # type: ignore[arg-type]
     rows = int(cost["rows_to_predict"])
     return {"rows_to_predict": rows, "rows_by_stage": cost.get("rows_by_stage"),
-            "seconds": round(rows / rows_per_second(ctx.model, n_threads=1) + 1.0, 1)}
+            "seconds": round(rows / rows_per_second(ctx.model, n_threads=1) + 1.0, 1),
+            **result_size(result_arrays(cost, len(names), params))}
+
+
+def result_arrays(cost: dict[str, Any], p: int, params: RashomonParams
+                  ) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every array of a result on ``p`` features, from the method's
+    ``estimate_cost``. The search trace's length depends on the data: counted as
+    TRACE_STEPS accepted steps per budget step, feature and direction (a few hundred
+    kB at most: little next to the other arrays of a large result)."""
+    d, o = params.n_steps + 1, params.order
+    s, k = int(cost["n_subsets"]), int(cost["models_per_subset"])
+    steps = 2 * int(cost["n_features_explored"]) * d * TRACE_STEPS
+    floats = {"masks": (p, d, 2), "mask_losses": (p, d, 2), "main_effect_clouds": (p, d, 2),
+              "main_effect_losses": (p, d, 2), "reference_main_effects": (p,),
+              "reference_fis": (s,), "combo_radius": (k,), "fis_masks": (s, k, o),
+              "fis_clouds": (s, k), "fis_losses": (s, k), "fis_in_set": (s, k),
+              "fis_joint_effects": (s, k), "fis_main_effects": (s, k, o),
+              "halo": (s, k, 2, o), "grid": (d,), "search_trace": (steps, 4)}
+    integers = {"subsets": (s, o), "combo_steps": (k, o), "combo_signs": (k, o),
+                "row_index": (int(cost["n_rows"]),)}
+    return {**{name: (shape, "float32") for name, shape in floats.items()},
+            **{name: (shape, "int64") for name, shape in integers.items()}}
 
 
 def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
@@ -134,18 +173,54 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     # The predict calls are many and small: BLAS threads inside one call only add
     # hand-offs, so the worker's cores run whole calls side by side instead (the numbers
     # do not depend on it).
+    # The method reports each of its four stages from 0 to 1: the job's progress gives
+    # each the share of the rows it predicts.
+    cost = estimate_cost(len(X), X.shape[1], params, task=model.task)  # type: ignore[arg-type]
+    progress = stage_progress(ctx.progress, cost["rows_by_stage"], start=LOADING_SHARE)
     with threadpool_limits(limits=1, user_api="blas"):
         result = rashomon_interactions(
             predict, X, y, task=model.task,  # type: ignore[arg-type]
             feature_names=names, params=params,
             batch_rows=batch_rows_for(X.shape[1], device_used),
             n_jobs=max(1, ctx.n_threads), dtype=model.input_dtype,
-            progress=ctx.progress)
+            progress=progress)
     summary = result.summary()
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state)}
-    return JobOutput(summary=summary, arrays=result.arrays(),
+    return JobOutput(summary=summary, arrays=result.arrays(), array_dims=array_dims(result),
                      device_used=getattr(model, "device_used", None))
+
+
+def array_dims(result: RashomonResult) -> dict[str, list[Axis]]:
+    """The axes of every array of ``result``, each labelled but the rows and steps."""
+    names = result.feature_names
+    feature = Axis("feature", names)
+    budget = Axis("budget", [f"{t:g}" for t in result.grid])
+    direction = Axis("direction", ["up", "down"])
+    subset = Axis("subset", [":".join(names[f] for f in sub) for sub in result.subsets])
+    order = result.subsets.shape[1]
+    member = Axis("member", [f"member_{i + 1}" for i in range(order)])
+    combo = Axis("combo", [
+        f"r={r:g} a={'/'.join(str(int(a)) for a in steps)} "
+        f"s={''.join('+' if sign > 0 else '-' for sign in signs)}"
+        for r, steps, signs in zip(result.combo_radius, result.combo_steps,
+                                   result.combo_signs, strict=True)])
+    per_mask = [feature, budget, direction]
+    per_combo = [subset, combo]
+    return {
+        "masks": per_mask, "mask_losses": per_mask, "main_effect_clouds": per_mask,
+        "main_effect_losses": per_mask, "reference_main_effects": [feature],
+        "subsets": [subset, member], "reference_fis": [subset], "combo_radius": [combo],
+        "combo_steps": [combo, member], "combo_signs": [combo, member],
+        "fis_masks": [*per_combo, member], "fis_clouds": per_combo, "fis_losses": per_combo,
+        "fis_in_set": per_combo, "fis_joint_effects": per_combo,
+        "fis_main_effects": [*per_combo, member],
+        "halo": [*per_combo, Axis("point", ["empirical", "expected"]), member],
+        "grid": [budget],
+        "search_trace": [Axis("step"),
+                         Axis("column", ["feature", "direction", "m", "loss_gap"])],
+        "row_index": [Axis("row")],
+    }
 
 
 
@@ -172,6 +247,8 @@ _ALL = ("masks", "mask_losses", "main_effect_clouds", "fis_clouds", "fis_losses"
 register_kind(JobKind(
     name="rashomon_interactions",
     params_model=RashomonJobParams,
+    result_advice=("explore fewer features (features), a lower order, fewer radii or a "
+                   "larger delta"),
     needs_model=True,
     check=check,
     estimate=estimate,

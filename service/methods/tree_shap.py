@@ -11,7 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from explainers.tree_shap import TreeShap, TreeShapSummary
 from explainers.tree_shap_figures import draw_importance, draw_interactions, draw_summary
 from service.errors import Unprocessable
-from service.jobs.kinds import CheckContext, JobKind, JobOutput, PlotSpec, RunContext, register_kind
+from service.jobs.kinds import (
+    Axis,
+    CheckContext,
+    JobKind,
+    JobOutput,
+    PlotSpec,
+    RunContext,
+    register_kind,
+)
 from service.methods.inputs import (
     feature_names,
     model_columns,
@@ -20,9 +28,16 @@ from service.methods.inputs import (
     require_model,
     sample_rows,
 )
+from service.results.arrays import result_size
 
 INTERACTION_ROWS = 10_000
 PLOT_ROWS = 5_000
+# Mean |interaction| values inlined in the summary at most (100 features, one output);
+# past that the summary names the array that holds them.
+SUMMARY_MAX_VALUES = 10_000
+# The interactions plot draws one output; its array's first axis is the output or the
+# feature, so loading this many rows covers either.
+MAX_OUTPUTS_PLOTTED = 100_000
 
 
 class TreeShapParams(BaseModel):
@@ -66,7 +81,23 @@ def estimate(ctx: CheckContext[TreeShapParams]) -> dict[str, Any]:
     steps = rows * n_leaves * depth * model.n_outputs
     if params.interactions:
         steps *= max(1, model.n_features)
-    return {"rows_to_predict": rows, "seconds": round(steps / 2e8 + 1.0, 1)}
+    return {"rows_to_predict": rows, "seconds": round(steps / 2e8 + 1.0, 1),
+            **result_size(result_arrays(rows, model.n_features, model.n_outputs,
+                                        interactions=params.interactions))}
+
+
+def result_arrays(rows: int, f: int, k: int, *, interactions: bool
+                  ) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every array a job on ``rows`` rows, ``f`` features and ``k``
+    outputs stores."""
+    per_output = () if k == 1 else (k,)
+    arrays = {"shap_values": ((rows, *per_output, f), "float32"),
+              "row_index": ((rows,), "int64"),
+              "feature_values": ((min(rows, PLOT_ROWS), f), "float32")}
+    if interactions:
+        arrays["interaction_values"] = ((rows, *per_output, f, f), "float32")
+        arrays["interaction_importance"] = ((*per_output, f, f), "float32")
+    return arrays
 
 
 def run(ctx: RunContext[TreeShapParams]) -> JobOutput:
@@ -87,17 +118,18 @@ def run(ctx: RunContext[TreeShapParams]) -> JobOutput:
                          output_names=outputs)
     k, f = explainer.n_outputs, explainer.n_features
     row_shape = (f,) if k == 1 else (k, f)
-    axes = ["feature"] if k == 1 else ["output", "feature"]
-    values = ctx.array_writer("shap_values", "float32", row_shape, axes=axes, labels=names)
+    per_output = [] if k == 1 else [Axis("output", explainer.output_names)]
+    features = Axis("feature", names)
+    values = ctx.array_writer("shap_values", "float32", row_shape,
+                              dims=[Axis("row"), *per_output, features])
     index = ctx.array_writer("row_index", "int64")
     index.append(rows)
     pairs = None
     if params.interactions:
         pairs = ctx.array_writer(
             "interaction_values", "float32", (f, f) if k == 1 else (k, f, f),
-            axes=(["feature", "feature_2"] if k == 1 else ["output", "feature", "feature_2"]),
-            labels=names)
-    plotted = ctx.array_writer("feature_values", "float32", (f,), labels=names)
+            dims=[Axis("row"), *per_output, features, Axis("feature_2", names)])
+    plotted = ctx.array_writer("feature_values", "float32", (f,), dims=[Axis("row"), features])
     plotted.append(X[:PLOT_ROWS].astype(np.float32))
     accumulator = TreeShapSummary(explainer)
     memory = max(64 << 20, min(ctx.memory_limit_bytes // 4, 1 << 30))
@@ -113,8 +145,33 @@ def run(ctx: RunContext[TreeShapParams]) -> JobOutput:
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state,
                                           rows_in_dataset=ctx.dataset.n_rows)}
+    arrays: dict[str, np.ndarray] = {}
+    dims: dict[str, list[Axis]] = {}
+    mean_pairs = accumulator.mean_abs_interactions
+    if mean_pairs is not None:
+        # Also an array, and only an array once it is too large to inline: F x F values
+        # (per output) would make the summary megabytes for a wide model.
+        arrays["interaction_importance"] = mean_pairs[0] if k == 1 else mean_pairs
+        dims["interaction_importance"] = [*per_output, features, Axis("feature_2", names)] \
+            if k > 1 else [features, Axis("feature_2", names)]
+        if mean_pairs.size > SUMMARY_MAX_VALUES:
+            summary["interaction_importance"] = None
+            summary["interaction_importance_array"] = "interaction_importance"
     device_used = "cuda" if str(explainer.device_used).startswith("cuda") else "cpu"
-    return JobOutput(summary=summary, device_used=device_used)  # type: ignore[arg-type]
+    return JobOutput(summary=summary, arrays=arrays, array_dims=dims,
+                     device_used=device_used)  # type: ignore[arg-type]
+
+
+def _has_interactions(summary: dict[str, Any]) -> bool:
+    return summary.get("interaction_importance") is not None or \
+        summary.get("interaction_importance_array") is not None
+
+
+def _draw_interactions(summary: dict[str, Any], arrays: dict[str, np.ndarray],
+                       **options: Any) -> Any:
+    if summary.get("interaction_importance") is None and "interaction_importance" in arrays:
+        summary = {**summary, "interaction_importance": arrays["interaction_importance"]}
+    return draw_interactions(summary, arrays, **options)
 
 
 def _draw_summary(summary: dict[str, Any], arrays: dict[str, np.ndarray], **_: Any) -> Any:
@@ -124,6 +181,7 @@ def _draw_summary(summary: dict[str, Any], arrays: dict[str, np.ndarray], **_: A
 register_kind(JobKind(
     name="tree_shap",
     params_model=TreeShapParams,
+    result_advice="explain fewer rows (max_rows) or leave out interactions",
     needs_model=True,
     check=check,
     estimate=estimate,
@@ -132,8 +190,7 @@ register_kind(JobKind(
         "summary": PlotSpec(draw=_draw_summary, arrays=("shap_values", "feature_values"),
                             max_rows=PLOT_ROWS),
         "importance": PlotSpec(draw=draw_importance),
-        "interactions": PlotSpec(
-            draw=draw_interactions,
-            available=lambda summary: summary.get("interaction_importance") is not None),
+        "interactions": PlotSpec(draw=_draw_interactions, arrays=("interaction_importance",),
+                                 max_rows=MAX_OUTPUTS_PLOTTED, available=_has_interactions),
     },
 ))

@@ -11,17 +11,24 @@ Writers run in the job process under the job's lease: every chunk is written in 
 the lease owner, and becomes visible only when the fenced success transaction calls
 :func:`commit_arrays`. Anything else is garbage that :func:`discard_chunks` removes.
 
+Every axis has a name, and labels when its entries have names (features, outputs,
+groups, ...): :class:`Axis`. The first axis is the row axis (``row`` unless named
+otherwise); it has labels only when its entries are not rows of data (e.g. the features
+of an importance matrix).
+
 Download layouts (Parquet and CSV; ``.npy`` is always the array itself):
 
-- 1-D ``[N]``: columns ``row``, ``value``.
-- 2-D ``[N, F]``: ``row``, then one column per entry of the last axis, named by the
-  array's labels (e.g. feature names) or ``<axis>_<j>``.
-- 3-D and 4-D: long form, one line per value: ``row``, one column per further axis
-  (named by the array's axes, e.g. ``output``, ``feature``; the last holds the label
-  when the array has labels, else the index), then ``value``.
+- ``row``, the index into the array's first axis (0-based), then, when the first axis
+  has labels, a column named after it with the label of each row.
+- 1-D ``[N]``: then ``value``.
+- 2-D ``[N, F]``: then one column per entry of the last axis, named by its labels
+  (e.g. feature names) or ``<axis>_<j>``.
+- 3-D and 4-D: long form, one line per value: then one column per further axis, named
+  after the axis (e.g. ``output``, ``feature``, ``feature_2``), holding the entry's label
+  when the axis has labels, else its index; then ``value``.
 
-``row`` is the index into the array's first axis (0-based). When a label is itself
-"row", the index column is called ``row_index`` instead.
+When a label is itself "row", the index column is called ``row_index`` instead; any
+other clash of a column name with a label gets a ``_2`` suffix.
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,21 +50,48 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from service.db import Database
-from service.errors import NotFound
+from service.errors import NotFound, Unprocessable
 from service.results.tables import ArrayChunk, ResultArray
 from service.storage import delete_blob, read_chunk, store_chunks
 
 DTYPES = ("float32", "int64")
 MAX_CHUNK_ROWS = 65_536
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
+MAX_PAGE_ROWS = 1000
+DEFAULT_PAGE_ROWS = 100
+# Values in one JSON page (a few MB of JSON): rows of a wide array (e.g. interaction
+# values, F x F per row) come fewer to a page, and an array with rows wider than a page
+# is only downloaded.
+MAX_PAGE_VALUES = 250_000
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
 
 TransactionFactory = Callable[[], AbstractContextManager[Session]]
 
 
 @dataclass(frozen=True)
+class Axis:
+    """An axis of a result array: its name and, when its entries have names, their
+    labels (as many as the axis has entries)."""
+
+    name: str
+    labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.name) <= 100:
+            raise ValueError(f"axis name {self.name!r} must have 1 to 100 characters")
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(str(v) for v in self.labels))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "labels": list(self.labels) if self.labels else None}
+
+
+@dataclass(frozen=True)
 class ArrayMeta:
-    """What is known about a stored array: enough to read it back."""
+    """What is known about a stored array: enough to read it back.
+
+    dims: one :class:`Axis` per axis, the row axis first.
+    """
 
     job_id: str
     name: str
@@ -64,8 +99,7 @@ class ArrayMeta:
     dtype: str
     chunk_rows: int
     owner: str
-    axes: tuple[str, ...]
-    labels: tuple[str, ...] | None
+    dims: tuple[Axis, ...]
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -75,10 +109,48 @@ class ArrayMeta:
     def n_chunks(self) -> int:
         return math.ceil(self.shape[0] / self.chunk_rows) if self.shape[0] else 0
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values as stored (and in the .npy download, less its header)."""
+        return array_bytes(self.shape, self.dtype)
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """Names of the axes after the row axis."""
+        return tuple(axis.name for axis in self.dims[1:])
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        """Labels of the last axis after the row axis (None for a 1-D array)."""
+        return self.dims[-1].labels if len(self.dims) > 1 else None
+
     @classmethod
     def of(cls, row: ResultArray) -> ArrayMeta:
         return cls(row.job_id, row.name, tuple(row.shape), row.dtype, row.chunk_rows, row.owner,
-                   tuple(row.axes), tuple(row.labels) if row.labels is not None else None)
+                   _stored_dims(row.axes, row.labels))
+
+
+def array_bytes(shape: Sequence[int], dtype: str) -> int:
+    """Bytes an array of ``shape`` takes in storage (float32: 4 per value, int64: 8)."""
+    return math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+
+
+def result_size(arrays: Mapping[str, tuple[Sequence[int], str]]) -> dict[str, Any]:
+    """The ``result_bytes`` (and ``result_bytes_by_array``) of a job's estimate, given
+    the shape and dtype ("float32" or "int64") each of its arrays will have."""
+    by_array = {name: array_bytes(shape, dtype) for name, (shape, dtype) in arrays.items()}
+    return {"result_bytes": sum(by_array.values()), "result_bytes_by_array": by_array}
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for a person: 512 bytes, 3.2 MiB, 4.0 GiB."""
+    if n < 1024:
+        return f"{n:,.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:,.1f} {unit}"
+    return f"{n / 1024:,.1f} TiB"
 
 
 def chunk_rows_for(row_shape: Sequence[int], dtype: str) -> int:
@@ -90,6 +162,9 @@ def chunk_rows_for(row_shape: Sequence[int], dtype: str) -> int:
 class ArrayWriter:
     """Appends rows of one array to storage, a chunk per fenced transaction.
 
+    Its axes: either ``dims``, an :class:`Axis` per axis (the row axis first; labels of
+    the row axis must name every row written), or the shorthand ``axes`` (names of the
+    axes after the row axis) and ``labels`` (labels of the last of them).
     ``chunk_rows``: rows per chunk, at most (and by default) :func:`chunk_rows_for`.
     Holds at most one chunk of rows in memory. ``close()`` writes the last partial
     chunk and returns the array's metadata; the array is not visible until the job's
@@ -100,7 +175,8 @@ class ArrayWriter:
                  name: str, dtype: str, row_shape: Sequence[int],
                  axes: Sequence[str] | None = None,
                  labels: Sequence[str] | None = None,
-                 chunk_rows: int | None = None) -> None:
+                 chunk_rows: int | None = None,
+                 dims: Sequence[Axis] | None = None) -> None:
         if not NAME.match(name):
             raise ValueError(f"array name {name!r} must be a letter followed by letters, "
                              "digits or underscores (at most 100)")
@@ -109,19 +185,10 @@ class ArrayWriter:
         row_shape = tuple(int(d) for d in row_shape)
         if any(d < 0 for d in row_shape) or len(row_shape) > 3:
             raise ValueError(f"row_shape {row_shape} must have at most 3 non-negative sizes")
-        axes = tuple(axes) if axes is not None else tuple(
-            f"axis_{i + 1}" for i in range(len(row_shape)))
-        if len(axes) != len(row_shape):
-            raise ValueError(f"axes {axes} must name each of the {len(row_shape)} axes "
-                             "after the row axis")
-        if labels is not None:
-            labels = tuple(str(v) for v in labels)
-            if not row_shape or len(labels) != row_shape[-1]:
-                raise ValueError(f"labels must name each of the {row_shape[-1:] or 0} "
-                                 "entries of the last axis")
+        self.dims = _writer_dims(name, row_shape, axes, labels, dims)
         self._transaction = transaction
         self.job_id, self.owner, self.name = job_id, owner, name
-        self.dtype, self.row_shape, self.axes, self.labels = dtype, row_shape, axes, labels
+        self.dtype, self.row_shape = dtype, row_shape
         largest = chunk_rows_for(row_shape, dtype)
         if chunk_rows is not None and not 1 <= chunk_rows <= largest:
             raise ValueError(f"chunk_rows must be between 1 and {largest}, got {chunk_rows}")
@@ -162,9 +229,12 @@ class ArrayWriter:
         if self._meta is None:
             if self._pending_rows:
                 self._flush(self._pending_rows)
+            row_labels = self.dims[0].labels
+            if row_labels is not None and len(row_labels) != self._written_rows:
+                raise ValueError(f"array {self.name!r} has {self._written_rows} rows but "
+                                 f"{len(row_labels)} labels of its axis {self.dims[0].name!r}")
             self._meta = ArrayMeta(self.job_id, self.name, (self._written_rows, *self.row_shape),
-                                   self.dtype, self.chunk_rows, self.owner, self.axes,
-                                   self.labels)
+                                   self.dtype, self.chunk_rows, self.owner, self.dims)
         return self._meta
 
     def _flush(self, n: int) -> None:
@@ -184,17 +254,71 @@ class ArrayWriter:
 
 def write_array(transaction: TransactionFactory, *, job_id: str, owner: str, name: str,
                 values: npt.ArrayLike, axes: Sequence[str] | None = None,
-                labels: Sequence[str] | None = None) -> ArrayMeta:
+                labels: Sequence[str] | None = None,
+                dims: Sequence[Axis] | None = None) -> ArrayMeta:
     """Store a whole in-memory array (floats as float32, integers and booleans as int64)."""
     array = np.asarray(values)
     if array.ndim < 1:
         raise ValueError(f"array {name!r} must have a row axis; got a scalar")
     dtype = "int64" if array.dtype.kind in "iub" else "float32"
     writer = ArrayWriter(transaction, job_id=job_id, owner=owner, name=name, dtype=dtype,
-                         row_shape=array.shape[1:], axes=axes, labels=labels)
+                         row_shape=array.shape[1:], axes=axes, labels=labels, dims=dims)
     for start in range(0, len(array), writer.chunk_rows):
         writer.append(array[start:start + writer.chunk_rows])
     return writer.close()
+
+
+def _writer_dims(name: str, row_shape: tuple[int, ...], axes: Sequence[str] | None,
+                 labels: Sequence[str] | None, dims: Sequence[Axis] | None
+                 ) -> tuple[Axis, ...]:
+    """The axes of an array from ``dims``, or from the ``axes``/``labels`` shorthand."""
+    if dims is not None:
+        if axes is not None or labels is not None:
+            raise ValueError(f"array {name!r}: give dims, or axes and labels, not both")
+        result = tuple(dims)
+        if len(result) != len(row_shape) + 1:
+            raise ValueError(f"array {name!r}: dims must describe each of its "
+                             f"{len(row_shape) + 1} axes, the row axis first")
+    else:
+        names = tuple(axes) if axes is not None else tuple(
+            f"axis_{i + 1}" for i in range(len(row_shape)))
+        if len(names) != len(row_shape):
+            raise ValueError(f"axes {names} must name each of the {len(row_shape)} axes "
+                             "after the row axis")
+        if labels is not None and not row_shape:
+            raise ValueError("labels must name each of the 0 entries of the last axis")
+        result = (Axis("row"), *(Axis(n, tuple(labels) if labels is not None and
+                                      i == len(names) - 1 else None)
+                                 for i, n in enumerate(names)))
+    for axis, size in zip(result[1:], row_shape, strict=True):
+        if axis.labels is not None and len(axis.labels) != size:
+            raise ValueError(f"labels must name each of the {size} entries of the axis "
+                             f"{axis.name!r} of array {name!r}, got {len(axis.labels)}")
+    if len({axis.name for axis in result}) != len(result):
+        raise ValueError(f"array {name!r}: axis names {[a.name for a in result]} repeat")
+    return result
+
+
+def _stored_dims(axes: Sequence[str], labels: Any) -> tuple[Axis, ...]:
+    """The axes of a stored array from its ``axes`` and ``labels`` columns (see
+    service.results.tables.ResultArray for the two forms of ``labels``)."""
+    if isinstance(labels, dict):
+        per_axis = labels["labels"]
+        names = [labels["row_axis"], *axes]
+        return tuple(Axis(n, tuple(lab) if lab is not None else None)
+                     for n, lab in zip(names, per_axis, strict=True))
+    last = len(axes) - 1
+    return (Axis("row"), *(Axis(n, tuple(labels) if labels is not None and i == last
+                                else None) for i, n in enumerate(axes)))
+
+
+def _stored_labels(dims: Sequence[Axis]) -> Any:
+    """The ``labels`` column of an array: the plain list of the last axis's labels when
+    only that axis has labels and the row axis is ``row``, else every axis's labels."""
+    if dims[0] == Axis("row") and all(axis.labels is None for axis in dims[1:-1]):
+        return list(dims[-1].labels) if len(dims) > 1 and dims[-1].labels else None
+    return {"row_axis": dims[0].name,
+            "labels": [list(a.labels) if a.labels is not None else None for a in dims]}
 
 
 # -- committing and discarding (inside the caller's fenced transaction) -------------
@@ -208,7 +332,7 @@ def commit_arrays(session: Session, job_id: str, metas: Sequence[ArrayMeta]) -> 
         session.add(ResultArray(job_id=job_id, name=meta.name, shape=list(meta.shape),
                                 dtype=meta.dtype, chunk_rows=meta.chunk_rows,
                                 owner=meta.owner, axes=list(meta.axes),
-                                labels=list(meta.labels) if meta.labels else None))
+                                labels=_stored_labels(meta.dims)))
     session.flush()
     discard_chunks(session, job_id, keep_owner=next(iter(owners), None))
 
@@ -280,6 +404,33 @@ def iter_chunks(db: Database, meta: ArrayMeta, start: int = 0, stop: int | None 
 
 
 
+def max_page_rows(meta: ArrayMeta) -> int:
+    """Most rows of the array a JSON page holds: at most MAX_PAGE_ROWS and
+    MAX_PAGE_VALUES values (0 when one row is wider than that)."""
+    return min(MAX_PAGE_ROWS, MAX_PAGE_VALUES // max(1, math.prod(meta.row_shape)))
+
+
+def page_limit(meta: ArrayMeta, limit: int | None, *, download: str) -> int:
+    """The rows a JSON page of the array holds: ``limit``, by default DEFAULT_PAGE_ROWS
+    or fewer; Unprocessable when more than :func:`max_page_rows` are asked for.
+    ``download``: the array's URL without suffix, for the refusal's advice."""
+    largest = max_page_rows(meta)
+    per_row = math.prod(meta.row_shape)
+    whole = f"download it whole instead: GET {download}.npy (or .parquet, .csv)"
+    if largest == 0:
+        raise Unprocessable(
+            f"A row of the array '{meta.name}' holds {per_row:,} values, more than a JSON "
+            f"page carries ({MAX_PAGE_VALUES:,}); {whole}.", code="page_too_large")
+    if limit is None:
+        return min(DEFAULT_PAGE_ROWS, largest)
+    if limit > largest:
+        raise Unprocessable(
+            f"A JSON page of the array '{meta.name}' holds at most {largest:,} rows (each "
+            f"row has {per_row:,} values; a page at most {MAX_PAGE_VALUES:,}); ask for "
+            f"limit={largest} or fewer, or {whole}.", code="page_too_large")
+    return limit
+
+
 # -- downloads ----------------------------------------------------------------------
 
 def npy_stream(db: Database, meta: ArrayMeta) -> Iterator[bytes]:
@@ -329,39 +480,48 @@ def chunk_table(meta: ArrayMeta, first_row: int, rows: npt.NDArray[np.generic]) 
     """Rows ``first_row ..`` of the array as a table in the download layout."""
     n = len(rows)
     row_index = np.arange(first_row, first_row + n, dtype=np.int64)
+    row_labels = meta.dims[0].labels
+    inner = rows.shape[1:]
+    per_line = math.prod(inner) if rows.ndim > 2 else 1
+    columns = [pa.array(np.repeat(row_index, per_line))]
+    if row_labels is not None:
+        columns.append(pa.array(row_labels).take(pa.array(np.repeat(row_index, per_line))))
     if rows.ndim == 1:
-        columns = [pa.array(row_index), pa.array(rows)]
+        columns.append(pa.array(rows))
     elif rows.ndim == 2:
-        columns = [pa.array(row_index)] + [pa.array(rows[:, j]) for j in range(rows.shape[1])]
+        columns += [pa.array(rows[:, j]) for j in range(rows.shape[1])]
     else:
-        inner = rows.shape[1:]
-        columns = [pa.array(np.repeat(row_index, math.prod(inner)))]
         grids = np.indices(inner).reshape(len(inner), -1)
-        for axis in range(len(inner)):
+        for axis, labels in enumerate(a.labels for a in meta.dims[1:]):
             index = pa.array(np.tile(grids[axis], n).astype(np.int64))
-            last = axis == len(inner) - 1
-            columns.append(pa.array(meta.labels).take(index)
-                           if last and meta.labels is not None else index)
+            columns.append(pa.array(labels).take(index) if labels is not None else index)
         columns.append(pa.array(rows.reshape(-1)))
     return pa.Table.from_arrays(columns, schema=_schema(meta))
 
 
 def _schema(meta: ArrayMeta) -> pa.Schema:
     value = pa.float32() if meta.dtype == "float32" else pa.int64()
-    index_name = "row_index" if meta.labels and "row" in meta.labels else "row"
-    fields = [pa.field(index_name, pa.int64())]
+    first = meta.dims[0]
+    wide = tuple(meta.labels or (f"{meta.axes[0]}_{j}" for j in range(meta.shape[1]))) \
+        if len(meta.shape) == 2 else ()
+    taken = set(wide)
+    fields = [pa.field("row_index" if "row" in taken else "row", pa.int64())]
+    if first.labels is not None:
+        fields.append(pa.field(first.name, pa.string()))
     if len(meta.shape) == 1:
         fields.append(pa.field("value", value))
-    elif len(meta.shape) == 2:
-        names = meta.labels or tuple(f"{meta.axes[0]}_{j}" for j in range(meta.shape[1]))
-        fields += [pa.field(name, value) for name in names]
-    else:
-        for axis, name in enumerate(meta.axes):
-            last = axis == len(meta.axes) - 1
-            fields.append(pa.field(name, pa.string() if last and meta.labels is not None
-                                   else pa.int64()))
+    elif len(meta.shape) > 2:
+        fields += [pa.field(axis.name, pa.string() if axis.labels is not None else pa.int64())
+                   for axis in meta.dims[1:]]
         fields.append(pa.field("value", value))
-    return pa.schema(fields)
+    named = []
+    for field in fields:  # the columns that are not labels give way to labels
+        name, suffix = field.name, 2
+        while name in taken:
+            name, suffix = f"{field.name}_{suffix}", suffix + 1
+        taken.add(name)
+        named.append(field.with_name(name))
+    return pa.schema(named + [pa.field(name, value) for name in wide])
 
 
 class _Sink(io.RawIOBase):

@@ -5,34 +5,53 @@ the Parquet/CSV layouts."""
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from service.deps import DatabaseDep, ReadSessionDep, WorkspaceDep
 from service.errors import Conflict
 from service.jobs.service import get_job
-from service.jobs.tables import FAILED, SUCCEEDED, JobRecord
+from service.jobs.tables import CANCELLED, FAILED, SUCCEEDED, JobRecord
 from service.results import arrays, plots
 from service.results.tables import JobResult
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
 
-MAX_PAGE_ROWS = 1000
+MAX_PAGE_ROWS = arrays.MAX_PAGE_ROWS
+DEFAULT_PAGE_ROWS = arrays.DEFAULT_PAGE_ROWS
+MAX_PAGE_VALUES = arrays.MAX_PAGE_VALUES
+
+
+class AxisOut(BaseModel):
+    """One axis of a result array: its name, its size, and the labels of its entries
+    (feature names, outputs, ...) when they have names; null for the rows of data."""
+
+    name: str = Field(examples=["feature"])
+    size: int
+    labels: list[str] | None = Field(None, examples=[["age", "income"]])
 
 
 class ArrayOut(BaseModel):
-    """A result array. ``axes`` and ``labels`` extend API.md (download layout names)."""
+    """A result array. ``axes`` and ``labels`` (the names of the axes after the first,
+    the labels of the last), ``dims`` (every axis, with its labels), ``nbytes`` and
+    ``max_page_rows`` extend API.md."""
 
     name: str
     shape: list[int]
     dtype: str
     axes: list[str]
     labels: list[str] | None
+    dims: list[AxisOut]
+    nbytes: int = Field(description="Bytes of the values (the .npy download less its "
+                                    "header).")
+    max_page_rows: int = Field(description="Most rows a JSON page of this array holds "
+                                           "(0: too wide for JSON pages; download it).")
 
 
 class ArrayPage(BaseModel):
@@ -101,10 +120,14 @@ def download_csv(job_id: str, name: str, db: DatabaseDep, session: ReadSessionDe
 @router.get("/result/arrays/{name}", response_model=ArrayPage)
 def array_page(job_id: str, name: str, db: DatabaseDep, session: ReadSessionDep,
                workspace: WorkspaceDep, offset: Annotated[int, Query(ge=0)] = 0,
-               limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS)] = 100) -> ArrayPage:
+               limit: Annotated[int | None, Query(
+                   ge=1, le=MAX_PAGE_ROWS, description=f"Rows; default {DEFAULT_PAGE_ROWS}, "
+                   f"at most {MAX_PAGE_ROWS:,} and at most {MAX_PAGE_VALUES:,} values "
+                   "(see the array's max_page_rows).")] = None) -> ArrayPage:
     """Rows ``offset .. offset+limit`` as JSON (NaN as null; float32 values in their
     shortest decimal form)."""
     meta = _array(session, workspace.id, job_id, name)
+    limit = arrays.page_limit(meta, limit, download=f"/v1/jobs/{job_id}/result/arrays/{name}")
     rows = arrays.read_rows(db, meta, offset=offset, limit=limit)
     return ArrayPage(name=meta.name, shape=list(meta.shape), offset=offset, limit=limit,
                      rows=_json_rows(rows))
@@ -143,16 +166,29 @@ def _plot(job_id: str, name: str, image_format: plots.ImageFormat, request: Requ
 
 
 def _succeeded_job(session: Session, workspace_id: str, job_id: str) -> JobRecord:
+    """The job, when it has succeeded; otherwise a 409 that says why it has no result."""
     job = get_job(session, workspace_id, job_id)
     if job.status == SUCCEEDED:
         return job
+    ended = _timestamp(job.finished_at)
+    if job.status == CANCELLED:
+        raise Conflict(f"The job {job_id} was cancelled{ended}, so it has no result. "
+                       "Submit it again (POST /v1/jobs, with a new Idempotency-Key if you "
+                       "use one) to run it anew.",
+                       code="job_cancelled")
     if job.status == FAILED:
-        reason = f" ({job.error['code']})" if job.error else ""
-        detail = f"The job {job_id} failed{reason}, so it has no result; see its error."
-    else:
-        detail = (f"The job {job_id} is {job.status} ({job.progress:.0%}); its result is "
-                  f"ready once it has succeeded. Follow GET /v1/jobs/{job_id}/events.")
-    raise Conflict(detail, code="result_not_ready")
+        error = job.error or {}
+        code = error.get("code") or "an unknown error"
+        raise Conflict(f"The job {job_id} failed{ended} with {code}, so it has no result: "
+                       f"{error.get('message') or 'no reason was recorded.'}",
+                       code="job_failed")
+    raise Conflict(f"The job {job_id} is {job.status} ({job.progress:.0%}); its result is "
+                   f"ready once it has succeeded. Follow GET /v1/jobs/{job_id}/events.",
+                   code="result_not_ready")
+
+
+def _timestamp(moment: datetime | None) -> str:
+    return f" at {moment.isoformat().replace('+00:00', 'Z')}" if moment else ""
 
 
 def _summary(session: Session, job: JobRecord) -> dict[str, Any]:
@@ -167,7 +203,11 @@ def _array(session: Session, workspace_id: str, job_id: str, name: str) -> array
 
 def _array_out(meta: arrays.ArrayMeta) -> ArrayOut:
     return ArrayOut(name=meta.name, shape=list(meta.shape), dtype=meta.dtype,
-                    axes=list(meta.axes), labels=list(meta.labels) if meta.labels else None)
+                    axes=list(meta.axes), labels=list(meta.labels) if meta.labels else None,
+                    dims=[AxisOut(name=axis.name, size=size,
+                                  labels=list(axis.labels) if axis.labels is not None else None)
+                          for axis, size in zip(meta.dims, meta.shape, strict=True)],
+                    nbytes=meta.nbytes, max_page_rows=arrays.max_page_rows(meta))
 
 
 def _attachment(job_id: str, name: str, suffix: str, size: int | None = None

@@ -42,8 +42,11 @@ class ResultArray(Base):
     chunk_rows: Mapped[int] = mapped_column(Integer, doc="Rows in every chunk but the last.")
     owner: Mapped[str] = mapped_column(String(120))
     axes: Mapped[list[str]] = mapped_column(JSON, doc="Names of the axes after the row axis.")
-    labels: Mapped[list[str] | None] = mapped_column(
-        JSON, nullable=True, doc="Names of the entries of the last axis (e.g. features)."
+    # Either the list of labels of the last axis (e.g. features), when that is the only
+    # axis with labels and the row axis is "row"; or, for any other array,
+    # {"row_axis": name of the first axis, "labels": [labels or null, one per axis]}.
+    labels: Mapped[list[str] | dict[str, Any] | None] = mapped_column(
+        JSON, nullable=True, doc="Labels of the array's axes (service.results.arrays)."
     )
 
 

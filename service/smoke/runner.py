@@ -341,14 +341,16 @@ class _Run:
         if npy.shape != shape or str(npy.dtype) != dtype or len(shape) != 2:
             raise SmokeFailure(kind, f"{name}.npy is {npy.dtype} {list(npy.shape)}, listed as "
                                      f"2-D {dtype} {list(shape)}")
+        # The row index, then the label of each row when the first axis has labels.
+        first = 2 if (listed[name].get("dims") or [{}])[0].get("labels") else 1
         table = pq.read_table(io.BytesIO(
             self.api.call(kind, "GET", f"{base}/{name}.parquet").content))
         from_parquet = np.column_stack([table.column(c).to_numpy(zero_copy_only=False)
-                                        for c in table.column_names[1:]]).astype(npy.dtype)
+                                        for c in table.column_names[first:]]).astype(npy.dtype)
         _same_array(kind, f"{name}.parquet", from_parquet, npy)
         text = self.api.call(kind, "GET", f"{base}/{name}.csv").content.decode("utf-8")
         rows = list(csv.reader(io.StringIO(text)))
-        from_csv = np.array([[float(v) if v else math.nan for v in row[1:]]
+        from_csv = np.array([[float(v) if v else math.nan for v in row[first:]]
                              for row in rows[1:]]).astype(npy.dtype)
         _same_array(kind, f"{name}.csv", from_csv.reshape(-1, npy.shape[1]), npy)
         ARRAY_CHECKS.get(kind, lambda *_: None)(npy, summary)

@@ -109,6 +109,8 @@ def run_fail(ctx: RunContext[FailParams]) -> JobOutput:
 class ArraysParams(BaseModel):
     n_rows: int = Field(70_000, ge=0, le=2_000_000)
     n_features: int = Field(3, ge=1, le=100)
+    wide: list[int] = Field(default_factory=list, max_length=4, description="Shapes "
+                            "[rows, columns] of a further array 'wide' of zeros.")
 
 
 def values_matrix(n_rows: int, n_features: int, start: int = 0) -> np.ndarray:
@@ -128,9 +130,10 @@ def run_arrays(ctx: RunContext[ArraysParams]) -> JobOutput:
     for start in range(0, n, 10_000):
         writer.append(values_matrix(min(10_000, n - start), f, start))
         ctx.progress(start / max(n, 1), "writing")
+    wide = {"wide": np.zeros(ctx.params.wide, dtype=np.float32)} if ctx.params.wide else {}
     return JobOutput(
         summary={"n_rows": n, "dataset_rows": table.num_rows, "mean": float(n / 4)},
-        arrays={"cube": CUBE, "row_index": np.arange(4)},
+        arrays={"cube": CUBE, "row_index": np.arange(4), **wide},
         array_axes={"cube": ("output", "feature")},
         array_labels={"cube": ["a", "b", "c"]},
     )
