@@ -3,7 +3,7 @@
 Columns are matched by name when the model stores feature names, else by position with
 the target column left out. Categorical columns are encoded with the categories stored
 in the model, the way its library encodes them (LightGBM: pandas category lists, unknown
-values become NaN).
+values become NaN; XGBoost: the category lists it stores, unknown values are refused).
 """
 
 from __future__ import annotations
@@ -78,19 +78,35 @@ def build_matrix(
     """The model's input: float64 [n_rows, n_features], model column order.
 
     Numeric columns are cast (nulls -> NaN, bool -> 0/1); a column for which the model
-    stores categories is encoded as the code of its value in those categories (unknown
-    values and nulls -> NaN). Raises FeatureMismatch as check_compatible does.
+    stores categories is encoded as the code of its value in those categories (nulls ->
+    NaN, which the libraries treat as missing). Values outside those categories become
+    NaN too, as LightGBM's pandas path makes them, except for models whose library refuses
+    them (``info.details["unseen_categories"] == "error"``: XGBoost): then they raise
+    FeatureMismatch naming the values, as XGBoost raises on such a DataFrame. Raises
+    FeatureMismatch as check_compatible does.
     """
     columns = [(name, _arrow_dtype(table.schema.field(name).type)) for name in table.column_names]
     chosen = check_compatible(columns, info, target=target)
+    refuse_unseen = info.details.get("unseen_categories") == "error"
     out = np.empty((table.num_rows, info.n_features), dtype=np.float64)
+    unseen: list[str] = []
     for j, name in enumerate(chosen):
         key = info.feature_names[j] if info.feature_names is not None else str(j)
         column = table.column(name)
         if key in info.categories:
-            out[:, j] = _encode(column, info.categories[key])
+            out[:, j], values = _encode(column, info.categories[key])
+            if refuse_unseen and values:
+                shown = ", ".join(repr(v) for v in values[:10])
+                more = f" and {len(values) - 10} more" if len(values) > 10 else ""
+                unseen.append(f"{name} ({shown}{more})")
         else:
             out[:, j] = _to_float(column)
+    if unseen:
+        raise FeatureMismatch(
+            "The dataset holds categories the model never saw in training, which "
+            f"{info.format} refuses: {'; '.join(unseen)}. Leave those cells empty (missing) "
+            "or drop those rows, then upload the table again.",
+            type_clashes=unseen)
     return out
 
 
@@ -149,7 +165,10 @@ def _to_float(column: pa.ChunkedArray) -> npt.NDArray[np.float64]:
     return np.asarray(as_float.to_numpy(), dtype=np.float64)
 
 
-def _encode(column: pa.ChunkedArray, labels: list[str]) -> npt.NDArray[np.float64]:
+def _encode(column: pa.ChunkedArray, labels: list[str]
+            ) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """Codes of the column's values in ``labels`` (NaN for nulls and for other values),
+    and the distinct non-null values that are not among the labels (sorted)."""
     if pa.types.is_dictionary(column.type):
         column = pc.cast(column, column.type.value_type)
     if pa.types.is_floating(column.type):
@@ -158,7 +177,9 @@ def _encode(column: pa.ChunkedArray, labels: list[str]) -> npt.NDArray[np.float6
     else:
         strings = pc.cast(column, pa.string())
     codes = pc.index_in(strings, value_set=pa.array(labels, pa.string()))
-    return _to_float(pa.chunked_array([codes]) if isinstance(codes, pa.Array) else codes)
+    unknown = pc.and_(pc.is_null(codes), pc.is_valid(strings))
+    unseen = sorted(pc.unique(pc.filter(strings, unknown)).to_pylist())
+    return _to_float(pa.chunked_array([codes]) if isinstance(codes, pa.Array) else codes), unseen
 
 
 def _label_key(value: Any) -> Any:

@@ -227,6 +227,10 @@ def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> dic
     }
     if any(t == "c" for t in feature_types):
         details["categorical_features"] = [i for i, t in enumerate(feature_types) if t == "c"]
+    categories = _xgboost_categories(booster)
+    if categories:
+        # XGBoost re-codes a DataFrame's categories to these and refuses any other value.
+        details["unseen_categories"] = "error"
     return {
         "kind": "other" if booster_kind == "gblinear" else "tree",
         "task": file_task,
@@ -234,10 +238,23 @@ def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> dic
         "feature_names": booster.feature_names,
         "n_outputs": n_outputs,
         "n_classes": n_classes,
+        "categories_by_index": categories,
         "details": details,
         "native": booster,
         "predictor": _XGBoostPredictor(booster, objective, n_outputs),
     }
+
+
+def _xgboost_categories(booster: Any) -> dict[int, list[str]]:
+    """The category labels XGBoost stored for each categorical feature (models trained on
+    DataFrames with ``enable_categorical=True``, XGBoost >= 3.1), in code order: a value's
+    code is its index in its feature's list. Features without stored labels (numeric
+    features, or categorical ones trained on codes) are left out."""
+    stored = booster.get_categories(export_to_arrow=True)
+    if stored.empty():
+        return {}
+    return {index: [str(v) for v in labels.to_pylist()]
+            for index, (_, labels) in enumerate(stored.to_arrow()) if labels is not None}
 
 
 class _XGBoostPredictor:
