@@ -169,7 +169,13 @@ def _predict_rate(model: LoadedModel, n_rows: int = 2048) -> float:
 
     Cost estimates of jobs (``?dry_run=true``) divide the rows a job will predict by this.
     """
-    X = np.random.default_rng(0).normal(size=(n_rows, model.n_features))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n_rows, model.n_features))
+    # Categorical columns get codes of their categories, as a dataset's rows would.
+    keys = model.feature_names or [str(j) for j in range(model.n_features)]
+    for j, key in enumerate(keys):
+        if model.categories.get(key):
+            X[:, j] = rng.integers(0, len(model.categories[key]), n_rows)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
