@@ -140,7 +140,7 @@ def test_hist_gradient_boosting_on_text_categories(tmp_path: Path, task: str) ->
         assert_allclose(values[i], oracle(ensemble, X[i])[0][0], atol=1e-5)
 
 
-def _one_hot_pipeline(task: str, handle_unknown: str = "ignore") -> Pipeline:
+def one_hot_pipeline(task: str, handle_unknown: str = "ignore") -> Pipeline:
     columns = ColumnTransformer([
         ("text", OneHotEncoder(handle_unknown=handle_unknown), ["color"]),
         ("numbers", StandardScaler(), ["a", "b", "k"]),
@@ -151,7 +151,7 @@ def _one_hot_pipeline(task: str, handle_unknown: str = "ignore") -> Pipeline:
 
 def test_column_transformer_pipeline_gets_a_dataframe(tmp_path: Path) -> None:
     frame = text_frame(3, 300).dropna()
-    pipe = _one_hot_pipeline("binary").fit(frame, target(frame) > 0.5)
+    pipe = one_hot_pipeline("binary").fit(frame, target(frame) > 0.5)
     path = saved(pipe, tmp_path / "pipe.skops")
     info = describe_model(str(path))
     assert info.feature_names == ["a", "color", "k", "b"]
