@@ -1,7 +1,10 @@
 """Match a dataset's columns to a model's features and build the model's input matrix.
 
 Columns are matched by name when the model stores feature names, else by position with
-the target column left out. Categorical columns are encoded with the categories stored
+the target column left out. An ONNX graph carries no column names of its own: without
+names, given at upload or stored in its metadata, it is matched by position only when it
+was uploaded to be (``details["columns_by_position"]``); a reordered table would otherwise
+feed the wrong inputs without any error. Categorical columns are encoded with the categories stored
 in the model, the way its library encodes them (LightGBM: pandas category lists, unknown
 values become NaN; XGBoost: the category lists it stores, unknown values are refused).
 """
@@ -16,12 +19,15 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.errors import FeatureMismatch, TargetMismatch
+from models.errors import FeatureMismatch, FeatureNamesRequired, TargetMismatch
 from models.inspection import ModelInfo
 
-__all__ = ["check_compatible", "build_matrix", "target_vector", "DTYPES"]
+__all__ = ["check_compatible", "build_matrix", "target_vector", "DTYPES", "POSITION_OPT_IN_FORMATS"]
 
 DTYPES = ("float", "int", "bool", "category", "string", "datetime")
+POSITION_OPT_IN_FORMATS = ("onnx",)
+"""Formats whose models, when they have no feature names, are matched to a dataset by
+position only if uploaded with ``by_position`` (``details["columns_by_position"]``)."""
 _NUMERIC = ("float", "int", "bool")
 
 
@@ -36,7 +42,20 @@ def check_compatible(
     Raises FeatureMismatch naming missing columns and type clashes (a string or category
     column where the model expects a number and has no categories for it; any datetime
     column). Extra dataset columns are ignored; they are listed only in that error.
+    Raises FeatureNamesRequired for an ONNX model with no feature names that was not
+    uploaded to match by position.
     """
+    if (info.feature_names is None and info.format in POSITION_OPT_IN_FORMATS
+            and not info.details.get("columns_by_position")):
+        raise FeatureNamesRequired(
+            f"This {info.format} model has no feature names, so tabxai cannot tell which "
+            "dataset column feeds which of its inputs (matching by position gives wrong "
+            "results without any error when the columns are in another order). Upload the "
+            "model again with feature_names, a JSON list of the dataset's column names in "
+            "the order of the model's inputs (or store that list as JSON under the key "
+            "'feature_names' in the ONNX file's metadata_props), or with by_position=true "
+            "to match the dataset's columns by position, the target column left out."
+        )
     for name, dtype in columns:
         if dtype not in DTYPES:
             raise ValueError(f"column {name!r} has dtype {dtype!r}; expected one of {DTYPES}")

@@ -80,13 +80,17 @@ def inspect_model(
     task: str | None = None,
     classes: list[Any] | None = None,
     trust_uploads: bool = False,
+    by_position: bool = False,
     memory_limit_bytes: int = 2 << 30,
     time_limit_s: float = 60.0,
 ) -> ModelInfo:
     """Detect, load and describe the model file at ``path`` in a child process.
 
     format: detected from the bytes when None. feature_names, task, classes,
-    trust_uploads: as for models.loading.load_model. memory_limit_bytes (default 2 GiB)
+    trust_uploads: as for models.loading.load_model. by_position: match a model without
+    feature names to datasets by position (``details["columns_by_position"]``; ONNX models
+    without names are refused by jobs otherwise); InvalidModel for a model that has
+    names. memory_limit_bytes (default 2 GiB)
     and time_limit_s (default 60 s): limits of the child (models.sandbox.run_isolated).
 
     Raises the ModelError subclass the child raised, or ModelInspectionFailed when the
@@ -100,6 +104,7 @@ def inspect_model(
         task=task,
         classes=classes,
         trust_uploads=trust_uploads,
+        by_position=by_position,
         memory_limit_bytes=memory_limit_bytes,
         time_limit_s=time_limit_s,
     )
@@ -113,6 +118,7 @@ def describe_model(
     task: str | None = None,
     classes: list[Any] | None = None,
     trust_uploads: bool = False,
+    by_position: bool = False,
 ) -> ModelInfo:
     """Detect, load and describe the model in this process (the sandbox's child body)."""
     file = Path(path)
@@ -126,6 +132,13 @@ def describe_model(
         trust_uploads=trust_uploads,
         n_threads=1,
     )
+    if by_position:
+        if model.feature_names is not None:
+            raise InvalidModel(
+                "by_position=true was given, but the model has feature names "
+                f"({_clip(model.feature_names)}) and is matched to datasets by "
+                "name; upload it without by_position.")
+        model.details["columns_by_position"] = True
     _check_predicts(model)
     kind, tree_details = _tree_details(model)
     tree_details["predict_rows_per_second"] = _predict_rate(model)
@@ -233,3 +246,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _clip(names: list[str], n: int = 10) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")

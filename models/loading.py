@@ -31,7 +31,8 @@ from models.errors import (
 from models.formats import FORMATS, SERVED_FORMATS
 from models.loaded import Device, LoadedModel
 
-__all__ = ["load_model", "TASKS", "SKOPS_ALLOWED_BUILTINS", "SKOPS_ALLOWED_FUNCTIONS"]
+__all__ = ["load_model", "TASKS", "SKOPS_ALLOWED_BUILTINS", "SKOPS_ALLOWED_FUNCTIONS",
+           "ONNX_NAMES_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -1031,7 +1032,7 @@ def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[s
         "kind": "neural" if neural else "other",
         "task": file_task,
         "n_features": width,
-        "feature_names": None,
+        "feature_names": _onnx_feature_names(proto, width),
         "n_outputs": out_width,
         "n_classes": n_classes,
         "classes": _onnx_class_labels(proto, n_classes) if n_classes else None,
@@ -1051,6 +1052,31 @@ def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[s
         "native": session,
         "predictor": predictor,
     }
+
+
+ONNX_NAMES_KEY = "feature_names"
+"""The key of the ONNX model's ``metadata_props`` entry that names its input columns:
+a JSON list of strings, one per column of the 2-D input, in order."""
+
+
+def _onnx_feature_names(proto: Any, width: int) -> list[str] | None:
+    """Column names stored in the graph's metadata_props, or None. An ONNX input is one
+    tensor [rows, width]: its name (e.g. "float_input") names no column."""
+    entry = next((p.value for p in proto.metadata_props if p.key == ONNX_NAMES_KEY), None)
+    if entry is None:
+        return None
+    try:
+        names = json.loads(entry)
+    except json.JSONDecodeError as error:
+        raise InvalidModel(
+            f"The ONNX metadata entry {ONNX_NAMES_KEY!r} is not JSON ({error.msg}); store a "
+            'JSON list of column names there, e.g. ["age", "income"].') from error
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+            or len(names) != width or len(set(names)) != width:
+        raise InvalidModel(
+            f"The ONNX metadata entry {ONNX_NAMES_KEY!r} must be a JSON list of {width} "
+            "distinct column names, one per input column.")
+    return names
 
 
 def _onnx_session(model_bytes: bytes, providers: list[Any], n_threads: int | None) -> Any:
