@@ -65,10 +65,13 @@ def arrow_table(frame: pd.DataFrame) -> pa.Table:
     })
 
 
-def train(task: str, frame: pd.DataFrame, path: Path) -> xgboost.XGBModel:
+def train(task: str, frame: pd.DataFrame, path: Path, *, max_cat_to_onehot: int = 1
+          ) -> xgboost.XGBModel:
+    """max_cat_to_onehot=1: partition splits (a set of categories goes right) everywhere;
+    above a feature's number of categories: one-hot splits (one category goes right)."""
     y = categorical_targets(frame)[task]
     params = {"n_estimators": 15, "max_depth": 4, "enable_categorical": True,
-              "max_cat_to_onehot": 1, "n_jobs": 1, "random_state": 0}
+              "max_cat_to_onehot": max_cat_to_onehot, "n_jobs": 1, "random_state": 0}
     model = (xgboost.XGBRegressor(**params) if task == "regression"
              else xgboost.XGBClassifier(**params))
     model.fit(frame, y)
@@ -97,11 +100,13 @@ def test_stored_categories_are_read_in_code_order(frame: pd.DataFrame, tmp_path:
     assert info.details["capabilities"]["tree_shap"] is True
 
 
+@pytest.mark.parametrize("onehot", [1, 8])
 @pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
 def test_text_columns_predict_and_explain_as_xgboost_does(frame: pd.DataFrame,
-                                                          tmp_path: Path, task: str) -> None:
+                                                          tmp_path: Path, task: str,
+                                                          onehot: int) -> None:
     path = tmp_path / "m.json"
-    booster = train(task, frame, path).get_booster()
+    booster = train(task, frame, path, max_cat_to_onehot=onehot).get_booster()
     info = _info(path)
     X = build_matrix(arrow_table(frame), info, target=None)
     model = load_model(path, format="xgboost")
