@@ -39,7 +39,10 @@ class ModelInfo:
     (see LoadedModel); classes: labels in output order, None for regression;
     categories: feature name (or str(column index)) -> category labels in code order;
     details: n_trees, max_depth, n_leaves, library_version, objective, capabilities
-    ({"tree_shap": bool, "reason": str}), ONNX input/output names, ...
+    ({"tree_shap": bool, "reason": str}), ONNX input/output names,
+    columns_by_position (uploaded to match datasets by position), unseen_categories
+    ("error": values outside ``categories`` are refused), input ("dataframe": predicts
+    from a DataFrame with its column names), ...
     """
 
     format: str
