@@ -15,6 +15,7 @@ scikit-learn are float32 rounding (about 1e-6 of the score) rather than 0.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -89,7 +90,9 @@ def run_job(path: Path, X: np.ndarray, y: np.ndarray, repeats: int, device: str,
     service_dir = path.parent / f"service-{path.stem}"
     service_dir.mkdir(exist_ok=True)
     with running_service(service_dir, workers=1, device=device) as service:
-        model_id = service.upload_model(path)
+        # An ONNX graph names no columns: give them (jobs refuse it without).
+        model_id = service.upload_model(path, feature_names=json.dumps(names)) \
+            if path.suffix == ".onnx" else service.upload_model(path)
         with data_path.open("rb") as f:
             response = service.client.post(
                 "/v1/datasets?name=bench&target=y", content=f,

@@ -118,9 +118,10 @@ class Service:
                 headers={"Content-Type": "application/vnd.apache.parquet"})
         return str(self._created(response)["id"])
 
-    def upload_model(self, path: Path) -> str:
+    def upload_model(self, path: Path, **fields: str) -> str:
         with path.open("rb") as f:
-            response = self.client.post("/v1/models", files={"file": (path.name, f)})
+            response = self.client.post("/v1/models", files={"file": (path.name, f)},
+                                        data=fields)
         return str(self._created(response)["id"])
 
     def post_job(self, body: dict[str, Any]) -> str:

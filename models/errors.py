@@ -105,6 +105,13 @@ class FeatureMismatch(ModelError):
         self.type_clashes = list(type_clashes or [])
 
 
+class FeatureNamesRequired(ModelError):
+    """The model has no feature names and was not uploaded to match columns by position."""
+
+    code = "feature_names_required"
+    status = 422
+
+
 class TargetMismatch(ModelError):
     """The dataset's target column cannot be read as the model's target."""
 

@@ -1,9 +1,12 @@
 """Match a dataset's columns to a model's features and build the model's input matrix.
 
 Columns are matched by name when the model stores feature names, else by position with
-the target column left out. Categorical columns are encoded with the categories stored
+the target column left out. An ONNX graph carries no column names of its own: without
+names, given at upload or stored in its metadata, it is matched by position only when it
+was uploaded to be (``details["columns_by_position"]``); a reordered table would otherwise
+feed the wrong inputs without any error. Categorical columns are encoded with the categories stored
 in the model, the way its library encodes them (LightGBM: pandas category lists, unknown
-values become NaN).
+values become NaN; XGBoost: the category lists it stores, unknown values are refused).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.errors import FeatureMismatch, TargetMismatch
+from models.errors import FeatureMismatch, FeatureNamesRequired, TargetMismatch
 from models.inspection import ModelInfo
 
-__all__ = ["check_compatible", "build_matrix", "target_vector", "DTYPES"]
+__all__ = ["check_compatible", "build_matrix", "target_vector", "DTYPES", "POSITION_OPT_IN_FORMATS"]
 
 DTYPES = ("float", "int", "bool", "category", "string", "datetime")
+POSITION_OPT_IN_FORMATS = ("onnx",)
+"""Formats whose models, when they have no feature names, are matched to a dataset by
+position only if uploaded with ``by_position`` (``details["columns_by_position"]``)."""
 _NUMERIC = ("float", "int", "bool")
 
 
@@ -36,7 +42,20 @@ def check_compatible(
     Raises FeatureMismatch naming missing columns and type clashes (a string or category
     column where the model expects a number and has no categories for it; any datetime
     column). Extra dataset columns are ignored; they are listed only in that error.
+    Raises FeatureNamesRequired for an ONNX model with no feature names that was not
+    uploaded to match by position.
     """
+    if (info.feature_names is None and info.format in POSITION_OPT_IN_FORMATS
+            and not info.details.get("columns_by_position")):
+        raise FeatureNamesRequired(
+            f"This {info.format} model has no feature names, so tabxai cannot tell which "
+            "dataset column feeds which of its inputs (matching by position gives wrong "
+            "results without any error when the columns are in another order). Upload the "
+            "model again with feature_names, a JSON list of the dataset's column names in "
+            "the order of the model's inputs (or store that list as JSON under the key "
+            "'feature_names' in the ONNX file's metadata_props), or with by_position=true "
+            "to match the dataset's columns by position, the target column left out."
+        )
     for name, dtype in columns:
         if dtype not in DTYPES:
             raise ValueError(f"column {name!r} has dtype {dtype!r}; expected one of {DTYPES}")
@@ -78,19 +97,35 @@ def build_matrix(
     """The model's input: float64 [n_rows, n_features], model column order.
 
     Numeric columns are cast (nulls -> NaN, bool -> 0/1); a column for which the model
-    stores categories is encoded as the code of its value in those categories (unknown
-    values and nulls -> NaN). Raises FeatureMismatch as check_compatible does.
+    stores categories is encoded as the code of its value in those categories (nulls ->
+    NaN, which the libraries treat as missing). Values outside those categories become
+    NaN too, as LightGBM's pandas path makes them, except for models whose library refuses
+    them (``info.details["unseen_categories"] == "error"``: XGBoost): then they raise
+    FeatureMismatch naming the values, as XGBoost raises on such a DataFrame. Raises
+    FeatureMismatch as check_compatible does.
     """
     columns = [(name, _arrow_dtype(table.schema.field(name).type)) for name in table.column_names]
     chosen = check_compatible(columns, info, target=target)
+    refuse_unseen = info.details.get("unseen_categories") == "error"
     out = np.empty((table.num_rows, info.n_features), dtype=np.float64)
+    unseen: list[str] = []
     for j, name in enumerate(chosen):
         key = info.feature_names[j] if info.feature_names is not None else str(j)
         column = table.column(name)
         if key in info.categories:
-            out[:, j] = _encode(column, info.categories[key])
+            out[:, j], values = _encode(column, info.categories[key])
+            if refuse_unseen and values:
+                shown = ", ".join(repr(v) for v in values[:10])
+                more = f" and {len(values) - 10} more" if len(values) > 10 else ""
+                unseen.append(f"{name} ({shown}{more})")
         else:
             out[:, j] = _to_float(column)
+    if unseen:
+        raise FeatureMismatch(
+            "The dataset holds categories the model never saw in training, which "
+            f"{info.format} refuses: {'; '.join(unseen)}. Leave those cells empty (missing) "
+            "or drop those rows, then upload the table again.",
+            type_clashes=unseen)
     return out
 
 
@@ -149,7 +184,10 @@ def _to_float(column: pa.ChunkedArray) -> npt.NDArray[np.float64]:
     return np.asarray(as_float.to_numpy(), dtype=np.float64)
 
 
-def _encode(column: pa.ChunkedArray, labels: list[str]) -> npt.NDArray[np.float64]:
+def _encode(column: pa.ChunkedArray, labels: list[str]
+            ) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """Codes of the column's values in ``labels`` (NaN for nulls and for other values),
+    and the distinct non-null values that are not among the labels (sorted)."""
     if pa.types.is_dictionary(column.type):
         column = pc.cast(column, column.type.value_type)
     if pa.types.is_floating(column.type):
@@ -158,7 +196,9 @@ def _encode(column: pa.ChunkedArray, labels: list[str]) -> npt.NDArray[np.float6
     else:
         strings = pc.cast(column, pa.string())
     codes = pc.index_in(strings, value_set=pa.array(labels, pa.string()))
-    return _to_float(pa.chunked_array([codes]) if isinstance(codes, pa.Array) else codes)
+    unknown = pc.and_(pc.is_null(codes), pc.is_valid(strings))
+    unseen = sorted(pc.unique(pc.filter(strings, unknown)).to_pylist())
+    return _to_float(pa.chunked_array([codes]) if isinstance(codes, pa.Array) else codes), unseen
 
 
 def _label_key(value: Any) -> Any:

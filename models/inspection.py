@@ -39,7 +39,10 @@ class ModelInfo:
     (see LoadedModel); classes: labels in output order, None for regression;
     categories: feature name (or str(column index)) -> category labels in code order;
     details: n_trees, max_depth, n_leaves, library_version, objective, capabilities
-    ({"tree_shap": bool, "reason": str}), ONNX input/output names, ...
+    ({"tree_shap": bool, "reason": str}), ONNX input/output names,
+    columns_by_position (uploaded to match datasets by position), unseen_categories
+    ("error": values outside ``categories`` are refused), input ("dataframe": predicts
+    from a DataFrame with its column names), ...
     """
 
     format: str
@@ -80,13 +83,17 @@ def inspect_model(
     task: str | None = None,
     classes: list[Any] | None = None,
     trust_uploads: bool = False,
+    by_position: bool = False,
     memory_limit_bytes: int = 2 << 30,
     time_limit_s: float = 60.0,
 ) -> ModelInfo:
     """Detect, load and describe the model file at ``path`` in a child process.
 
     format: detected from the bytes when None. feature_names, task, classes,
-    trust_uploads: as for models.loading.load_model. memory_limit_bytes (default 2 GiB)
+    trust_uploads: as for models.loading.load_model. by_position: match a model without
+    feature names to datasets by position (``details["columns_by_position"]``; ONNX models
+    without names are refused by jobs otherwise); InvalidModel for a model that has
+    names. memory_limit_bytes (default 2 GiB)
     and time_limit_s (default 60 s): limits of the child (models.sandbox.run_isolated).
 
     Raises the ModelError subclass the child raised, or ModelInspectionFailed when the
@@ -100,6 +107,7 @@ def inspect_model(
         task=task,
         classes=classes,
         trust_uploads=trust_uploads,
+        by_position=by_position,
         memory_limit_bytes=memory_limit_bytes,
         time_limit_s=time_limit_s,
     )
@@ -113,6 +121,7 @@ def describe_model(
     task: str | None = None,
     classes: list[Any] | None = None,
     trust_uploads: bool = False,
+    by_position: bool = False,
 ) -> ModelInfo:
     """Detect, load and describe the model in this process (the sandbox's child body)."""
     file = Path(path)
@@ -126,6 +135,13 @@ def describe_model(
         trust_uploads=trust_uploads,
         n_threads=1,
     )
+    if by_position:
+        if model.feature_names is not None:
+            raise InvalidModel(
+                "by_position=true was given, but the model has feature names "
+                f"({_clip(model.feature_names)}) and is matched to datasets by "
+                "name; upload it without by_position.")
+        model.details["columns_by_position"] = True
     _check_predicts(model)
     kind, tree_details = _tree_details(model)
     tree_details["predict_rows_per_second"] = _predict_rate(model)
@@ -169,7 +185,13 @@ def _predict_rate(model: LoadedModel, n_rows: int = 2048) -> float:
 
     Cost estimates of jobs (``?dry_run=true``) divide the rows a job will predict by this.
     """
-    X = np.random.default_rng(0).normal(size=(n_rows, model.n_features))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n_rows, model.n_features))
+    # Categorical columns get codes of their categories, as a dataset's rows would.
+    keys = model.feature_names or [str(j) for j in range(model.n_features)]
+    for j, key in enumerate(keys):
+        if model.categories.get(key):
+            X[:, j] = rng.integers(0, len(model.categories[key]), n_rows)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
@@ -227,3 +249,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _clip(names: list[str], n: int = 10) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")

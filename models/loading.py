@@ -31,7 +31,8 @@ from models.errors import (
 from models.formats import FORMATS, SERVED_FORMATS
 from models.loaded import Device, LoadedModel
 
-__all__ = ["load_model", "TASKS", "SKOPS_ALLOWED_BUILTINS"]
+__all__ = ["load_model", "TASKS", "SKOPS_ALLOWED_BUILTINS", "SKOPS_ALLOWED_FUNCTIONS",
+           "ONNX_NAMES_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,22 @@ SKOPS_ALLOWED_BUILTINS = frozenset(
         "builtins.range",
         "collections.OrderedDict",
         "collections.defaultdict",
+        # A partial is loaded from its function, arguments and keywords, each checked
+        # against this allowlist on its own (an untrusted function stays refused).
+        "functools.partial",
     }
 )
 """Non-scikit-learn, non-numpy types a skops file may hold (plain data containers)."""
+
+SKOPS_ALLOWED_FUNCTIONS = frozenset(
+    {
+        # HistGradientBoosting with categorical features validates its numeric columns
+        # with partial(check_array, dtype=..., ensure_all_finite=False) in its
+        # preprocessor: input validation, no I/O and no code from the file.
+        "sklearn.utils.validation.check_array",
+    }
+)
+"""Functions a skops file may hold (every other function is refused)."""
 
 _SKOPS_ALLOWED_PACKAGES = ("sklearn.", "numpy.", "scipy.sparse.")
 
@@ -227,6 +241,10 @@ def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> dic
     }
     if any(t == "c" for t in feature_types):
         details["categorical_features"] = [i for i, t in enumerate(feature_types) if t == "c"]
+    categories = _xgboost_categories(booster)
+    if categories:
+        # XGBoost re-codes a DataFrame's categories to these and refuses any other value.
+        details["unseen_categories"] = "error"
     return {
         "kind": "other" if booster_kind == "gblinear" else "tree",
         "task": file_task,
@@ -234,10 +252,23 @@ def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> dic
         "feature_names": booster.feature_names,
         "n_outputs": n_outputs,
         "n_classes": n_classes,
+        "categories_by_index": categories,
         "details": details,
         "native": booster,
         "predictor": _XGBoostPredictor(booster, objective, n_outputs),
     }
+
+
+def _xgboost_categories(booster: Any) -> dict[int, list[str]]:
+    """The category labels XGBoost stored for each categorical feature (models trained on
+    DataFrames with ``enable_categorical=True``, XGBoost >= 3.1), in code order: a value's
+    code is its index in its feature's list. Features without stored labels (numeric
+    features, or categorical ones trained on codes) are left out."""
+    stored = booster.get_categories(export_to_arrow=True)
+    if stored.empty():
+        return {}
+    return {index: [str(v) for v in labels.to_pylist()]
+            for index, (_, labels) in enumerate(stored.to_arrow()) if labels is not None}
 
 
 class _XGBoostPredictor:
@@ -574,9 +605,10 @@ def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> dict[
 
 
 def _skops_type_allowed(name: str) -> bool:
-    """Allow classes (never functions) from scikit-learn, numpy and scipy.sparse, and a few
-    plain builtins. Resolving a name imports only those trusted packages."""
-    if name in SKOPS_ALLOWED_BUILTINS:
+    """Allow classes from scikit-learn, numpy and scipy.sparse, a few plain builtins and
+    the functions of SKOPS_ALLOWED_FUNCTIONS (no other function). Resolving a name imports
+    only those trusted packages."""
+    if name in SKOPS_ALLOWED_BUILTINS or name in SKOPS_ALLOWED_FUNCTIONS:
         return True
     if not name.startswith(_SKOPS_ALLOWED_PACKAGES):
         return False
@@ -639,6 +671,9 @@ def _sklearn_parts(estimator: Any) -> dict[str, Any]:
     if hasattr(estimator, "steps"):
         details["pipeline"] = [type(step).__name__ for _, step in estimator.steps]
     kind = "tree" if _is_sklearn_tree(final) else "other"
+    labels, needs_frame = _sklearn_inputs(estimator)
+    if needs_frame:
+        details["input"] = "dataframe"
     if is_classifier(estimator):
         classes = estimator.classes_
         if np.ndim(classes) != 1:
@@ -664,10 +699,68 @@ def _sklearn_parts(estimator: Any) -> dict[str, Any]:
         "n_outputs": n_outputs,
         "n_classes": n_classes,
         "classes": class_list,
+        "categories_by_index": {j: [str(v) for v in values] for j, values in labels.items()},
         "details": details,
         "native": estimator,
-        "predictor": _SklearnPredictor(estimator, file_task, n_outputs, decision),
+        "predictor": _SklearnPredictor(estimator, file_task, n_outputs, decision,
+                                       frame=(list(names), labels) if needs_frame else None),
     }
+
+
+def _sklearn_inputs(estimator: Any) -> tuple[dict[int, list[Any]], bool]:
+    """Which input columns hold text categories, and whether predict needs a DataFrame.
+
+    Returns (labels, needs_frame). ``labels[j]`` lists the categories of input column j
+    that an encoder of the model learned as strings (OneHotEncoder or OrdinalEncoder in a
+    ColumnTransformer that starts a Pipeline, or HistGradientBoosting's own encoder), in
+    the encoder's order, without its missing value: the matrix carries a value as its
+    index in that list. A model fitted on a DataFrame needs one back (column names, text
+    values) when a ColumnTransformer selects its columns or a column holds text.
+    """
+    from sklearn.compose import ColumnTransformer
+
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        return {}, False
+    steps = [step for _, step in estimator.steps] if hasattr(estimator, "steps") else \
+        [estimator]
+    first, final = steps[0], steps[-1]
+    labels: dict[int, list[Any]] = {}
+    if isinstance(first, ColumnTransformer):
+        for name, transformer, _ in first.transformers_:
+            columns = first._transformer_to_input_indices.get(name, [])
+            for j, values in zip(columns, _encoder_categories(transformer), strict=False):
+                labels.setdefault(int(j), values)
+    passthrough = all(step in ("passthrough", None) for step in steps[:-1])
+    preprocessor = getattr(final, "_preprocessor", None) if passthrough else None
+    if preprocessor is not None:  # HistGradientBoosting(categorical_features=...)
+        encoder = preprocessor.named_transformers_["encoder"]
+        columns = preprocessor._transformer_to_input_indices["encoder"]
+        for j, values in zip(columns, _encoder_categories(encoder), strict=True):
+            labels.setdefault(int(j), values)
+    labels = {j: values for j, values in labels.items() if values is not None}
+    return labels, bool(labels) or isinstance(first, ColumnTransformer)
+
+
+def _encoder_categories(transformer: Any) -> list[list[Any] | None]:
+    """Per input column of ``transformer`` (an encoder, or a Pipeline ending in one), its
+    string categories without the missing value, or None for numeric categories."""
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    if hasattr(transformer, "steps"):
+        transformer = transformer.steps[-1][1]
+    if not isinstance(transformer, OneHotEncoder | OrdinalEncoder):
+        return []
+    out: list[list[Any] | None] = []
+    for values in transformer.categories_:
+        present = [v for v in values.tolist() if not _is_missing(v)]
+        out.append(present if values.dtype.kind == "O" and all(
+            isinstance(v, str) for v in present) else None)
+    return out
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _is_sklearn_tree(estimator: Any) -> bool:
@@ -706,12 +799,19 @@ warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 
 class _SklearnPredictor:
-    def __init__(self, estimator: Any, task: str, n_outputs: int, decision: bool) -> None:
+    """``frame``: (column names, labels by column) for a model that predicts from a
+    DataFrame (see ``_sklearn_inputs``); rows then reach it as one, with each category code
+    turned back into its label."""
+
+    def __init__(self, estimator: Any, task: str, n_outputs: int, decision: bool,
+                 frame: tuple[list[str], dict[int, list[Any]]] | None = None) -> None:
         self._estimator = estimator
         self._task = task
         self._n_outputs = n_outputs
         self._decision = decision
-        self._unchecked = _unchecked_methods(estimator)
+        self._unchecked = {} if frame is not None else _unchecked_methods(estimator)
+        self._frame = None if frame is None else (
+            frame[0], {j: np.asarray(v, dtype=object) for j, v in frame[1].items()})
         import sklearn
 
         self._sklearn_config = sklearn.get_config
@@ -720,12 +820,36 @@ class _SklearnPredictor:
         return "cpu"
 
     def _call(self, method: str, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+        if self._frame is not None:
+            return np.asarray(getattr(self._estimator, method)(self._as_frame(X)))
         unchecked = self._unchecked.get(method)
         # Rows that scikit-learn would refuse (NaN, inf) go to it, for its own error.
         if unchecked is not None and (self._sklearn_config()["assume_finite"]
                                       or bool(np.isfinite(X).all())):
             return np.asarray(unchecked(X))
         return np.asarray(getattr(self._estimator, method)(X))
+
+    def _as_frame(self, X: npt.NDArray[np.float64]) -> Any:
+        """X as the DataFrame the model was fitted on: its column names, numbers as float64,
+        text columns as Python strings (object dtype) with NaN for missing values; a code
+        that is no label's index (NaN, an unseen value) is missing."""
+        import pandas as pd
+
+        assert self._frame is not None
+        names, labels = self._frame
+        columns: dict[str, Any] = {}
+        for j, name in enumerate(names):
+            values = labels.get(j)
+            if values is None:
+                columns[name] = X[:, j]
+                continue
+            codes = X[:, j]
+            with np.errstate(invalid="ignore"):
+                valid = (codes >= 0) & (codes < len(values)) & (codes == np.floor(codes))
+            text = np.full(codes.shape[0], np.nan, dtype=object)
+            text[valid] = values[codes[valid].astype(np.intp)]
+            columns[name] = text
+        return pd.DataFrame(columns, copy=False)
 
     def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if self._task == "regression":
@@ -908,7 +1032,7 @@ def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[s
         "kind": "neural" if neural else "other",
         "task": file_task,
         "n_features": width,
-        "feature_names": None,
+        "feature_names": _onnx_feature_names(proto, width),
         "n_outputs": out_width,
         "n_classes": n_classes,
         "classes": _onnx_class_labels(proto, n_classes) if n_classes else None,
@@ -928,6 +1052,31 @@ def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[s
         "native": session,
         "predictor": predictor,
     }
+
+
+ONNX_NAMES_KEY = "feature_names"
+"""The key of the ONNX model's ``metadata_props`` entry that names its input columns:
+a JSON list of strings, one per column of the 2-D input, in order."""
+
+
+def _onnx_feature_names(proto: Any, width: int) -> list[str] | None:
+    """Column names stored in the graph's metadata_props, or None. An ONNX input is one
+    tensor [rows, width]: its name (e.g. "float_input") names no column."""
+    entry = next((p.value for p in proto.metadata_props if p.key == ONNX_NAMES_KEY), None)
+    if entry is None:
+        return None
+    try:
+        names = json.loads(entry)
+    except json.JSONDecodeError as error:
+        raise InvalidModel(
+            f"The ONNX metadata entry {ONNX_NAMES_KEY!r} is not JSON ({error.msg}); store a "
+            'JSON list of column names there, e.g. ["age", "income"].') from error
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+            or len(names) != width or len(set(names)) != width:
+        raise InvalidModel(
+            f"The ONNX metadata entry {ONNX_NAMES_KEY!r} must be a JSON list of {width} "
+            "distinct column names, one per input column.")
+    return names
 
 
 def _onnx_session(model_bytes: bytes, providers: list[Any], n_threads: int | None) -> Any:

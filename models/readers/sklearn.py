@@ -277,6 +277,14 @@ def _hist_input_map(model: Any
         # NaN is the encoder's missing value, never a code.
         if raw.dtype.kind == "f":
             raw = raw[~np.isnan(raw)]
+        present = [v for v in raw.tolist() if isinstance(v, str)]
+        if raw.dtype.kind == "O" and len(present) == len(raw) - sum(
+                v is None or v != v for v in raw.tolist()):
+            # Text categories reach the model as their index among the encoder's
+            # categories (models.loading, models.features), which is the encoder's own
+            # ordinal code.
+            categories[start + j] = np.arange(len(present), dtype=np.int64)
+            continue
         if raw.dtype.kind not in "iuf" or not (
                 np.all(raw >= 0) and np.all(raw == np.floor(raw))
                 and np.all(raw < 2**53)):

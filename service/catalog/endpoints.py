@@ -46,7 +46,10 @@ _MODEL_BODY = _upload_body(
                 "enum": ["xgboost", "lightgbm", "sklearn", "onnx", "torchscript"]},
      "feature_names": {"type": "string", "description": "JSON list of names"},
      "task": {"type": "string", "enum": ["regression", "binary", "multiclass"]},
-     "classes": {"type": "string", "description": "JSON list of class labels"}},
+     "classes": {"type": "string", "description": "JSON list of class labels"},
+     "by_position": {"type": "boolean", "default": False,
+                     "description": "Match a model without feature names (ONNX) to "
+                                    "datasets by column position, the target left out"}},
     ["application/octet-stream", "application/json"],
 )
 
@@ -137,6 +140,9 @@ async def upload_model(
     request: Request, response: Response, settings: SettingsDep, db: DatabaseDep,
     workspace: WorkspaceDep, name: str | None = None, format: str | None = None,
     feature_names: str | None = None, task: str | None = None, classes: str | None = None,
+    by_position: Annotated[str | None, Query(
+        description="true: match a model without feature names (ONNX) to datasets by "
+                    "column position, the target left out.")] = None,
 ) -> ModelOut:
     upload = await receive_upload(request, max_bytes=settings.max_upload_bytes,
                                   tmp_dir=settings.tmp_dir)
@@ -150,6 +156,7 @@ async def upload_model(
                 name=fields.get("name", name), fmt=fields.get("format", format),
                 feature_names=fields.get("feature_names", feature_names),
                 task=fields.get("task", task), classes=fields.get("classes", classes),
+                by_position=fields.get("by_position", by_position),
             )
             return model_out(record)
 

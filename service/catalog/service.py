@@ -149,8 +149,10 @@ def delete_dataset(session: Session, workspace_id: str, dataset_id: str) -> None
 
 def create_model(session: Session, settings: Settings, workspace_id: str,
                  upload: ReceivedUpload, *, name: str | None, fmt: str | None,
-                 feature_names: str | None, task: str | None, classes: str | None
-                 ) -> ModelRecord:
+                 feature_names: str | None, task: str | None, classes: str | None,
+                 by_position: str | None = None) -> ModelRecord:
+    """``by_position``: "true" to match a model without feature names (an ONNX graph) to
+    datasets by position; jobs refuse an ONNX model without names otherwise."""
     if upload.size_bytes == 0:
         raise Unprocessable("The model file is empty; upload the file your library saved.",
                             code="invalid_model")
@@ -158,7 +160,7 @@ def create_model(session: Session, settings: Settings, workspace_id: str,
         upload.path, format=fmt or None,
         feature_names=_json_list(feature_names, "feature_names", str),
         task=task or None, classes=_json_list(classes, "classes", None),
-        trust_uploads=settings.trust_uploads,
+        trust_uploads=settings.trust_uploads, by_position=_flag(by_position, "by_position"),
         memory_limit_bytes=settings.inspect_memory_bytes,
         time_limit_s=settings.inspect_seconds,
     )
@@ -258,6 +260,16 @@ def _sha256(path: Path) -> str:
         while data := f.read(1 << 20):
             digest.update(data)
     return digest.hexdigest()
+
+
+def _flag(text: str | None, field: str) -> bool:
+    value = (text or "").strip().lower()
+    if value in ("", "false", "0", "no"):
+        return False
+    if value in ("true", "1", "yes"):
+        return True
+    raise BadRequest(f"The field '{field}' must be true or false, got {text!r}.",
+                     code="invalid_field")
 
 
 def _stem(filename: str | None) -> str | None:

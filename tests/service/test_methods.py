@@ -7,6 +7,7 @@ scikit-learn, the method's own function on the same arrays).
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,7 +45,11 @@ def _dataset(client: TestClient, target: str = "regression", n: int = 240) -> st
 
 
 def _model(client: TestClient, saved: SavedModel) -> str:
-    r = client.post("/v1/models", files={"file": (saved.path.name, saved.path.read_bytes())})
+    # An ONNX graph names no columns: give them, as jobs require.
+    fields = ({"feature_names": json.dumps(FEATURE_NAMES)} if saved.path.suffix == ".onnx"
+              else {})
+    r = client.post("/v1/models", files={"file": (saved.path.name, saved.path.read_bytes())},
+                    data=fields)
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
 
