@@ -36,8 +36,9 @@ class PermutationImportanceParams(BaseModel):
     random_state: int = Field(0, ge=0, lt=2**32)
     max_rows: int | None = Field(None, ge=1, description="Rows to score on (a seeded "
                                  "sample); default all.")
-    features: list[str] | list[list[str]] | None = Field(
-        None, description="Feature names, or lists of names permuted together; default all.")
+    features: list[str | list[str]] | None = Field(
+        None, description="Feature names and lists of names permuted together, in any mix "
+        "(a bare name is a group of one), e.g. [[\"lat\", \"lon\"], \"age\"]; default all.")
 
 
 def _validated(ctx: CheckContext[PermutationImportanceParams]) -> Any:
