@@ -20,12 +20,13 @@ from explainers.rashomon_figures import draw_halo, draw_search_trace, draw_swarm
 from service.errors import Unprocessable
 from service.jobs.kinds import CheckContext, JobKind, JobOutput, PlotSpec, RunContext, register_kind
 from service.methods.inputs import (
+    LabelMap,
+    check_target,
     feature_names,
     model_columns,
     model_inputs,
     provenance,
     require_model,
-    require_target,
     rows_per_second,
 )
 
@@ -68,6 +69,10 @@ class RashomonJobParams(BaseModel):
     insensitive_tol: float = Field(1e-9, ge=0)
     max_rows: int = Field(2000, ge=2)
     random_state: int = Field(0, ge=0, lt=2**32)
+    label_map: LabelMap | None = Field(
+        None, description="Classifiers: which class of the model each label of the target "
+        "column stands for, e.g. {\"no\": 0, \"yes\": 1}; labels not named are used as "
+        "they are.")
 
     @field_validator("radii")
     @classmethod
@@ -93,7 +98,7 @@ def _validated(ctx: CheckContext[RashomonJobParams]) -> tuple[RashomonParams, li
 
 
 def check(ctx: CheckContext[RashomonJobParams]) -> None:
-    require_target(ctx.dataset)
+    check_target(ctx, ctx.params.label_map)
     _validated(ctx)
     return None
 
