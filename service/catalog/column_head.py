@@ -22,17 +22,22 @@ from service.errors import NotFound
 from service.storage import read_chunk
 from service.tables import Blob
 
+# Bytes of the stored file read at most (about: whole blocks), whatever the rows: a wide
+# CSV has few rows per MB, and every column of a CSV row is tokenized.
+MAX_BYTES = 16 << 20
+
 
 def read_column_head(session: Session, record: DatasetRecord, column: str,
-                     max_rows: int) -> pa.ChunkedArray:
-    """The first ``max_rows`` values (about; whole batches) of ``column``, file order."""
+                     max_rows: int, max_bytes: int = MAX_BYTES) -> pa.ChunkedArray:
+    """The first values of ``column`` in file order: ``max_rows`` of them, or fewer when
+    that many take more than ``max_bytes`` of the stored file (at least one batch)."""
     info = table_info(record)
     source = _SessionBlob(session, record.blob_id)
     batches: list[pa.Array] = []
     n = 0
     if info.format == "parquet":
         reader = pq.ParquetFile(source, pre_buffer=False)
-        batch_iter = reader.iter_batches(batch_size=65_536, columns=[column])
+        batch_iter = reader.iter_batches(batch_size=16_384, columns=[column])
     else:
         raw = gzip.GzipFile(fileobj=source) if info.compression == "gzip" else source
         types = {name: _arrow_type(t) for name, t in (info.column_types or {}).items()}
@@ -45,7 +50,7 @@ def read_column_head(session: Session, record: DatasetRecord, column: str,
     for batch in batch_iter:
         batches.append(batch.column(0))
         n += batch.num_rows
-        if n >= max_rows:
+        if n >= max_rows or source.bytes_read >= max_bytes:
             break
     if not batches:
         return pa.chunked_array([], type=pa.null())
@@ -67,6 +72,7 @@ class _SessionBlob(io.RawIOBase):
         self._session = session
         self._blob_id = blob_id
         self._pos = 0
+        self.bytes_read = 0
         self._chunk = b""
         self._chunk_start = 0
 
@@ -95,4 +101,5 @@ class _SessionBlob(io.RawIOBase):
         n = min(len(buffer), len(self._chunk) - start)
         buffer[:n] = self._chunk[start:start + n]
         self._pos += n
+        self.bytes_read += n
         return n

@@ -22,8 +22,9 @@ from service.jobs.kinds import CheckContext, DatasetInfo, RunContext
 # Rows of the table converted at a time (about 26 MB of float64 for 50 features).
 _BLOCK_ROWS = 65_536
 # Target values read at POST to compare a classifier's classes with the labels: enough
-# to see every label of an ordinary target, a few MB of the stored file at most. Labels
-# first seen past them are still refused when the job runs (target_mismatch).
+# to see every label of an ordinary target; fewer when they span more than 16 MB of the
+# stored file (service.catalog.column_head). Labels first seen past them are still
+# refused when the job runs (target_mismatch).
 LABEL_SAMPLE_ROWS = 100_000
 _LABELS_SHOWN = 10
 _NUMERIC_DTYPES = ("float", "int", "bool")

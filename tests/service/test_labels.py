@@ -7,6 +7,7 @@ label is.
 
 from __future__ import annotations
 
+import gzip
 import io
 
 import numpy as np
@@ -15,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi.testclient import TestClient
 
+from service.catalog.column_head import read_column_head
+from service.catalog.tables import DatasetRecord
 from service.db import Database
 from tests.model_files import FEATURE_NAMES, SavedModel, make_data
 from tests.service.test_datasets import assert_problem
@@ -30,12 +33,15 @@ def _yes_no_frame(n: int = 240) -> pd.DataFrame:
     return frame
 
 
-def _upload(client: TestClient, frame: pd.DataFrame, *, parquet: bool = False) -> str:
+def _upload(client: TestClient, frame: pd.DataFrame, *, parquet: bool = False,
+            gzipped: bool = False) -> str:
     if parquet:
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer,
                        row_group_size=50)
         files = {"file": ("d.parquet", buffer.getvalue())}
+    elif gzipped:
+        files = {"file": ("d.csv.gz", gzip.compress(frame.to_csv(index=False).encode()))}
     else:
         files = {"file": ("d.csv", frame.to_csv(index=False))}
     r = client.post("/v1/datasets", files=files, data={"target": "y"})
@@ -46,8 +52,8 @@ def _upload(client: TestClient, frame: pd.DataFrame, *, parquet: bool = False) -
 def test_string_labels_against_numeric_classes_are_422_before_queueing(
         client: TestClient, saved_models: dict[str, SavedModel]) -> None:
     model_id = _model(client, saved_models["xgboost_binary_json"])
-    for parquet in (False, True):
-        dataset_id = _upload(client, _yes_no_frame(), parquet=parquet)
+    for stored in ({}, {"parquet": True}, {"gzipped": True}):
+        dataset_id = _upload(client, _yes_no_frame(), **stored)
         for kind in ("permutation_importance", "rashomon_interactions"):
             for dry_run in ("false", "true"):
                 body = assert_problem(client.post(
@@ -163,3 +169,20 @@ def test_labels_that_are_classes_pass(client: TestClient,
     r = client.post("/v1/jobs", json={"kind": "permutation_importance", "model_id": model_id,
                                       "dataset_id": _upload(client, frame, parquet=True)})
     assert r.status_code == 202, r.text
+
+
+def test_the_target_is_read_only_as_far_as_the_caps(client: TestClient, db: Database) -> None:
+    """POST reads the head of the target: all of it when small, a capped part when not."""
+    frame = _yes_no_frame(n=20_000)
+    for stored in ({}, {"parquet": True}, {"gzipped": True}):
+        dataset_id = _upload(client, frame, **stored)
+        with db.session(readonly=True) as session:
+            record = session.get(DatasetRecord, dataset_id)
+            assert record is not None
+            whole = read_column_head(session, record, "y", max_rows=100_000)
+            assert whole.to_pylist() == frame["y"].tolist()
+            assert len(read_column_head(session, record, "y", max_rows=1_000)) == 1_000
+            capped = read_column_head(session, record, "y", max_rows=100_000,
+                                      max_bytes=1 << 16)
+            assert 0 < len(capped) < 20_000, stored
+            assert capped.to_pylist() == frame["y"].tolist()[:len(capped)]
