@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -92,7 +92,8 @@ def check_target(ctx: CheckContext[Any], label_map: Mapping[str, Any] | None = N
         if wrong:
             raise Unprocessable(
                 f"label_map maps {_shown(f'{k!r}: {v!r}' for k, v in wrong.items())} to "
-                f"values that are not classes of the model; its classes are {classes}.",
+                f"values that are not classes of the model; its classes are "
+                f"{_listed(classes)}.",
                 code="invalid_params")
     if ctx.column_head is None:
         return
@@ -106,28 +107,31 @@ def check_target(ctx: CheckContext[Any], label_map: Mapping[str, Any] | None = N
     if label_map:
         raise TargetMismatch(
             f"The target column {target!r} holds the labels {found}, which label_map does "
-            f"not map to classes of the model; its classes are {classes}. Add them to "
-            "label_map.")
+            f"not map to classes of the model; its classes are {_listed(classes)}. Add "
+            "them to label_map.")
     example = ""
     if len(labels) == len(classes):
         pairs = zip(sorted(labels, key=repr), classes, strict=True)
         example = ", e.g. " + json.dumps({str(label): c for label, c in pairs})
     raise TargetMismatch(
         f"The target column {target!r} holds the labels {found}, which are not classes of "
-        f"the model; its classes are {classes}. Send params.label_map to say which class "
-        f"each label is{example}.")
+        f"the model; its classes are {_listed(classes)}. Send params.label_map to say "
+        f"which class each label is{example}.")
 
 
-def label_lookup(label_map: Mapping[str, Any] | None) -> Any:
+def label_lookup(label_map: Mapping[str, Any] | None) -> Callable[[Any], Any]:
     """``f(label)``: the class ``label_map`` names for a dataset label, else the label.
 
-    Keys are compared as the classes are (models.features): "1", "1.0" and 1 match.
+    Keys are compared as the classes are (models.features): "1", "1.0" and 1 match, and
+    so do "true" and True.
     """
     if not label_map:
         return lambda value: value
     table: dict[Any, Any] = {}
     for key, value in label_map.items():
         table[_label_key(key)] = value
+        if key.strip().lower() in ("true", "false"):
+            table.setdefault(_label_key(key.strip().lower() == "true"), value)
         with contextlib.suppress(ValueError):
             table.setdefault(_label_key(float(key)), value)
     return lambda value: table.get(_label_key(value), value)
@@ -143,6 +147,12 @@ def target_codes(table: pa.Table, target: str, model: ModelInfo,
     mapped = pa.array([None if v is None else _label_key(to_class(v))
                        for v in table.column(target).to_pylist()], pa.string())
     return target_vector(pa.table({target: mapped}), target, model)
+
+
+def _listed(classes: list[Any]) -> str:
+    if len(classes) <= _LABELS_SHOWN:
+        return str(classes)
+    return f"{str(classes[:_LABELS_SHOWN])[:-1]}, … ({len(classes)} classes)]"
 
 
 def _shown(items: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -186,3 +187,33 @@ def test_the_target_is_read_only_as_far_as_the_caps(client: TestClient, db: Data
                                       max_bytes=1 << 16)
             assert 0 < len(capped) < 20_000, stored
             assert capped.to_pylist() == frame["y"].tolist()[:len(capped)]
+
+
+
+def test_text_classes_and_a_bool_target(worker_client: tuple[TestClient, Database],  # noqa: F811
+                                        tmp_path: Path) -> None:
+    """A model trained on "neg"/"pos" and a True/False column: keys "false"/"true"."""
+    import skops.io
+    from sklearn.inspection import permutation_importance
+    from sklearn.linear_model import LogisticRegression
+
+    client, db = worker_client
+    frame = _yes_no_frame()
+    labels = np.where(frame["y"] == "yes", "pos", "neg")
+    model = LogisticRegression().fit(frame[FEATURE_NAMES].to_numpy(), labels)
+    skops.io.dump(model, tmp_path / "text_classes.skops")
+    r = client.post("/v1/models", files={
+        "file": ("m.skops", (tmp_path / "text_classes.skops").read_bytes())})
+    assert r.status_code == 201, r.text
+    assert r.json()["classes"] == ["neg", "pos"]
+    dataset_id = _upload(client, frame.assign(y=frame["y"] == "yes"))
+    body = {"kind": "permutation_importance", "model_id": r.json()["id"],
+            "dataset_id": dataset_id}
+    refused = assert_problem(client.post("/v1/jobs", json=body), 422, "target_mismatch")
+    assert "False, True" in refused["detail"] and "['neg', 'pos']" in refused["detail"]
+    job = _run(client, db, {**body, "params": {"label_map": {"false": "neg", "true": "pos"},
+                                               "n_repeats": 3}})
+    reference = permutation_importance(model, frame[FEATURE_NAMES].to_numpy(), labels,
+                                       n_repeats=3, random_state=0)
+    np.testing.assert_allclose(_npy(client, job["id"], "importances"),
+                               reference.importances, atol=1e-12)
