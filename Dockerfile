@@ -27,7 +27,8 @@ ENV PATH=/opt/tabxai/bin:$PATH \
     TABXAI_DATA_DIR=/var/lib/tabxai \
     TABXAI_HOST=0.0.0.0 \
     TABXAI_PORT=8000
-RUN mkdir -p /var/lib/tabxai && chown tabxai:tabxai /var/lib/tabxai
+# keys/: the compose file's volume for the first API key; a new volume takes this owner.
+RUN mkdir -p /var/lib/tabxai/keys && chown -R tabxai:tabxai /var/lib/tabxai
 USER tabxai
 WORKDIR /home/tabxai
 EXPOSE 8000

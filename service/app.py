@@ -12,6 +12,7 @@ from service import health
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings
 from service.db import Database
+from service.docs_ui import install_docs
 from service.errors import install_error_handlers
 from service.jobs import endpoints as jobs_endpoints
 from service.jobs.kinds import load_kind_modules
@@ -40,7 +41,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         yield
         db.dispose()
 
-    app = FastAPI(title="tabxai", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # The documentation pages are served with local assets (service.docs_ui), not
+    # FastAPI's, which load them from a CDN.
+    app = FastAPI(title="tabxai", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.db = db
     install_error_handlers(app)
@@ -49,4 +53,5 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.include_router(catalog_endpoints.router)
     app.include_router(jobs_endpoints.router)
     app.include_router(results_endpoints.router)
+    install_docs(app)
     return app

@@ -45,10 +45,15 @@ def get_or_create_workspace(session: Session, name: str) -> Workspace:
     return workspace
 
 
-def create_key(session: Session, workspace_name: str) -> tuple[ApiKey, str]:
-    """Create a key for ``workspace_name`` (created if new); returns the row and the secret."""
+def create_key(session: Session, workspace_name: str, secret: str | None = None
+               ) -> tuple[ApiKey, str]:
+    """Create a key for ``workspace_name`` (created if new); returns the row and the secret.
+
+    secret: the key itself, chosen by the operator (TABXAI_BOOTSTRAP_KEY); default a new
+    random one.
+    """
     workspace = get_or_create_workspace(session, workspace_name)
-    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    secret = secret or KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(id=new_id("key"), workspace_id=workspace.id, prefix=secret[:12],
                  key_hash=hash_key(secret))
     session.add(key)

@@ -50,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "run every job kind, check the numbers, downloads and plots, then delete "
                     "everything it made. Exits 1 with a one-line reason on the first failure.")
     smoke.add_argument("url", help="base URL of the server, e.g. http://127.0.0.1:8000")
-    smoke.add_argument("--key", help="API key, sent as Authorization: Bearer")
+    smoke.add_argument("--key", help="API key, sent as Authorization: Bearer; default the "
+                       "key in TABXAI_KEY_FILE when that is set")
     smoke.add_argument("--timeout", type=float, default=300.0,
                        help="seconds for the whole run (default 300)")
     # Another expected.json (the tests pass a tampered one to see the failure path).
@@ -77,6 +78,20 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     db = _database(settings)
     upgrade(db.engine)
     print("database is up to date")
+    return _bootstrap_key(db, settings)
+
+
+def _bootstrap_key(db, settings: Settings) -> int:  # type: ignore[no-untyped-def]
+    """TABXAI_BOOTSTRAP_KEY / TABXAI_KEY_FILE: the deployment's first key (service.bootstrap)."""
+    from service.bootstrap import BootstrapKeyError, ensure_bootstrap_key
+
+    try:
+        done = ensure_bootstrap_key(db, settings)
+    except BootstrapKeyError as exc:
+        print(f"tabxai: {exc}", file=sys.stderr)
+        return 2
+    if done:
+        print(done)
     return 0
 
 
@@ -91,13 +106,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.model_copy(update=updates)
     db = _database(settings)
     upgrade(db.engine)
+    if _bootstrap_key(db, settings):
+        return 2
     with db.session() as session:
         has_key = any_active_key(session)
     if not settings.on_loopback and not has_key:
         print(
             f"tabxai: refusing to listen on {settings.host} without an API key: anyone who "
             "can reach it could use it. Create a key first with `tabxai keys create "
-            "--workspace NAME`, or listen on 127.0.0.1.",
+            "--workspace NAME` (or set TABXAI_BOOTSTRAP_KEY or TABXAI_KEY_FILE), or listen "
+            "on 127.0.0.1.",
             file=sys.stderr,
         )
         return 2
@@ -197,7 +215,10 @@ def _smoke(args: argparse.Namespace, settings: Settings) -> int:
     if not args.timeout > 0:
         print("tabxai: --timeout must be positive", file=sys.stderr)
         return 2
-    report = run_smoke(args.url, key=args.key, timeout_s=args.timeout,
+    from service.bootstrap import read_key_file
+
+    key = args.key or read_key_file(settings.key_file)
+    report = run_smoke(args.url, key=key, timeout_s=args.timeout,
                        expected_path=args.expected)
     print(report.table(), flush=True)
     if report.failure:

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1 << 30
@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(0.2, gt=0, description="Queue polling interval (SQLite).")
     max_attempts: int = Field(3, ge=1)
     log_level: str = "INFO"
+    bootstrap_key: SecretStr | None = Field(
+        None, description="A key for the workspace default that `tabxai migrate` and "
+        "`tabxai serve` create when it is not there yet (at least 32 characters).")
+    key_file: Path | None = Field(
+        None, description="On a database with no key, `tabxai migrate` and `tabxai serve` "
+        "create one and write it here (mode 600); `tabxai smoke` reads its key from it.")
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> Settings:

@@ -145,6 +145,10 @@ class CheckContext[P: BaseModel]:
     model: ModelInfo | None
     model_id: str | None
     job_memory_bytes: int
+    column_head: Callable[[str, int], pa.ChunkedArray] | None = field(
+        default=None, repr=False, compare=False)
+    """``column_head(name, max_rows)``: the first ``max_rows`` values of a dataset
+    column, read from the stored file (a few MB at most); None where there is none."""
 
 
 class RunResources(Protocol):

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -20,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.inspection import ModelInfo
+from service.catalog.column_head import read_column_head
 from service.catalog.service import get_dataset, get_model, register_in_use_check
 from service.config import Settings
 from service.db import Database, utcnow
@@ -69,19 +71,23 @@ def check_job(session: Session, settings: Settings, workspace_id: str, body: Job
     if body.model_id is not None and kind.needs_model is False:
         raise Unprocessable(f"Jobs of kind {kind.name} use no model: leave model_id out.",
                             code="model_not_used")
-    dataset = DatasetInfo.of(get_dataset(session, workspace_id, body.dataset_id))
+    record = get_dataset(session, workspace_id, body.dataset_id)
+    dataset = DatasetInfo.of(record)
     model = None
     if body.model_id is not None:
         model = ModelInfo.from_dict(get_model(session, workspace_id, body.model_id).info)
+    column_head = partial(read_column_head, session, record)
     context: CheckContext[Any] = CheckContext(
         params=params, device=body.device, dataset=dataset, model=model,
-        model_id=body.model_id, job_memory_bytes=settings.job_memory_bytes)
+        model_id=body.model_id, job_memory_bytes=settings.job_memory_bytes,
+        column_head=column_head)
     filled = kind.check(context)
     if filled is not None:
         params = filled
         context = CheckContext(params=params, device=body.device, dataset=dataset,
                                model=model, model_id=body.model_id,
-                               job_memory_bytes=settings.job_memory_bytes)
+                               job_memory_bytes=settings.job_memory_bytes,
+                               column_head=column_head)
     estimate = kind.estimate(context)
     _check_result_size(kind, estimate, settings.max_result_bytes)
     return CheckedJob(body=body, kind=kind, params=params, estimate=estimate)

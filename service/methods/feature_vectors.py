@@ -27,7 +27,12 @@ from service.jobs.kinds import (
     RunContext,
     register_kind,
 )
-from service.methods.inputs import feature_names, model_columns, provenance, require_target
+from service.methods.inputs import (
+    feature_names,
+    model_columns,
+    provenance,
+    require_complete_target,
+)
 from service.results.arrays import result_size
 
 FOREST_TREES = 2500
@@ -60,7 +65,8 @@ def check(ctx: CheckContext[FeatureVectorsJobParams]) -> None:
     except ValueError as exc:
         raise Unprocessable(str(exc), code="invalid_params") from exc
     if ctx.model is None:
-        require_target(ctx.dataset)
+        # The default forest is trained on the target: every row needs a label.
+        require_complete_target(ctx.dataset)
         return None
     if ctx.model.kind != "tree":
         raise Unprocessable(

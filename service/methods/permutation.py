@@ -24,12 +24,13 @@ from service.jobs.kinds import (
     register_kind,
 )
 from service.methods.inputs import (
+    LabelMap,
+    check_target,
     feature_names,
     model_columns,
     model_inputs,
     provenance,
     require_model,
-    require_target,
     rows_per_second,
     sample_rows,
 )
@@ -45,8 +46,13 @@ class PermutationImportanceParams(BaseModel):
     random_state: int = Field(0, ge=0, lt=2**32)
     max_rows: int | None = Field(None, ge=1, description="Rows to score on (a seeded "
                                  "sample); default all.")
-    features: list[str] | list[list[str]] | None = Field(
-        None, description="Feature names, or lists of names permuted together; default all.")
+    label_map: LabelMap | None = Field(
+        None, description="Classifiers: which class of the model each label of the target "
+        "column stands for, e.g. {\"no\": 0, \"yes\": 1}; labels not named are used as "
+        "they are.")
+    features: list[str | list[str]] | None = Field(
+        None, description="Feature names and lists of names permuted together, in any mix "
+        "(a bare name is a group of one), e.g. [[\"lat\", \"lon\"], \"age\"]; default all.")
 
 
 def _validated(ctx: CheckContext[PermutationImportanceParams]) -> Any:
@@ -63,7 +69,7 @@ def _validated(ctx: CheckContext[PermutationImportanceParams]) -> Any:
 
 
 def check(ctx: CheckContext[PermutationImportanceParams]) -> PermutationImportanceParams:
-    require_target(ctx.dataset)
+    check_target(ctx, ctx.params.label_map)
     checked = _validated(ctx)
     return ctx.params.model_copy(update={"scoring": checked.scoring})
 

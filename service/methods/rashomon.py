@@ -30,12 +30,13 @@ from service.jobs.kinds import (
     stage_progress,
 )
 from service.methods.inputs import (
+    LabelMap,
+    check_target,
     feature_names,
     model_columns,
     model_inputs,
     provenance,
     require_model,
-    require_target,
     rows_per_second,
 )
 from service.results.arrays import result_size
@@ -85,6 +86,10 @@ class RashomonJobParams(BaseModel):
     insensitive_tol: float = Field(1e-9, ge=0)
     max_rows: int = Field(2000, ge=2)
     random_state: int = Field(0, ge=0, lt=2**32)
+    label_map: LabelMap | None = Field(
+        None, description="Classifiers: which class of the model each label of the target "
+        "column stands for, e.g. {\"no\": 0, \"yes\": 1}; labels not named are used as "
+        "they are.")
 
     @field_validator("radii")
     @classmethod
@@ -110,7 +115,7 @@ def _validated(ctx: CheckContext[RashomonJobParams]) -> tuple[RashomonParams, li
 
 
 def check(ctx: CheckContext[RashomonJobParams]) -> None:
-    require_target(ctx.dataset)
+    check_target(ctx, ctx.params.label_map)
     _validated(ctx)
     return None
 
