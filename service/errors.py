@@ -13,7 +13,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.errors import ModelError
 
@@ -45,7 +48,11 @@ class ServiceError(Exception):
 
     @property
     def title(self) -> str:
-        return (type(self).__doc__ or type(self).__name__).strip().splitlines()[0]
+        return _title(type(self))
+
+
+def _title(cls: type[Exception]) -> str:
+    return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
 
 
 class BadRequest(ServiceError):
@@ -90,6 +97,12 @@ class Unprocessable(ServiceError):
     status, code = 422, "unprocessable"
 
 
+class InvalidText(Unprocessable):
+    """The request holds text that cannot be stored."""
+
+    status, code = 422, "nul_character"
+
+
 class NotReady(ServiceError):
     """The service is not ready."""
 
@@ -122,7 +135,46 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelError, _model_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(sa_exc.DataError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(RefuseNulMiddleware)
+
+
+class RefuseNulMiddleware:
+    """Answers a request with a NUL character in its path (404: no id holds one) or in a
+    query parameter (422) before any route sees it; PostgreSQL cannot even compare
+    such text. NULs in bodies are refused where they meet the database
+    (``service.db``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = _nul_problem(scope)
+            if problem is not None:
+                await problem(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _nul_problem(scope: Scope) -> JSONResponse | None:
+    if "\x00" in scope["path"]:
+        return problem_response(
+            404, "not_found", "Not found.",
+            "There is nothing at this path: ids and names never contain a NUL (0x00) "
+            "character. Check the URL.")
+    query_string: bytes = scope.get("query_string", b"")
+    if b"\x00" not in query_string and b"%00" not in query_string:
+        return None
+    for key, value in QueryParams(query_string).multi_items():
+        if "\x00" in key or "\x00" in value:
+            name = key.replace("\x00", "\\0")
+            return problem_response(
+                InvalidText.status, InvalidText.code, _title(InvalidText),
+                f"The query parameter '{name}' contains a NUL (0x00) character, which no "
+                "id, name or value may hold; remove it and send the request again.")
+    return None
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -178,6 +230,17 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     code = f"http_{exc.status_code}"
     return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail),
                             headers=getattr(exc, "headers", None))
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, sa_exc.DataError):
+        # A value the database refuses to store or compare (too long, out of range).
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0].rstrip(".")
+        return problem_response(
+            422, "invalid_value", "The request holds a value that cannot be stored.",
+            f"A value in the request cannot be stored: {reason}. Change it and send the "
+            "request again.")
+    return await _unexpected_error(request, exc)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
