@@ -23,6 +23,8 @@ from models.errors import ModelError
 log = logging.getLogger("tabxai.errors")
 
 PROBLEM_JSON = "application/problem+json"
+# How long a client should wait before retrying while the database is unreachable.
+RETRY_AFTER_SECONDS = 5
 
 
 class ServiceError(Exception):
@@ -135,7 +137,11 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelError, _model_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(sa_exc.DataError, _database_error)
+    # Handlers of specific classes answer inside the app, so the connection stays open;
+    # the catch-all below closes it after answering (Starlette re-raises for the server).
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(sa_exc.DisconnectionError, _database_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(RefuseNulMiddleware)
 
@@ -240,7 +246,24 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
             422, "invalid_value", "The request holds a value that cannot be stored.",
             f"A value in the request cannot be stored: {reason}. Change it and send the "
             "request again.")
+    if _is_outage(exc):
+        log.warning("database unavailable", extra={
+            "event": "database_unavailable", "path": request.url.path,
+            "error": str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})
+        return problem_response(
+            503, "database_unavailable", "The database is unavailable.",
+            f"The service cannot reach its database right now; try again in "
+            f"{RETRY_AFTER_SECONDS} seconds.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     return await _unexpected_error(request, exc)
+
+
+def _is_outage(exc: Exception) -> bool:
+    """Errors of the connection rather than of the statement: worth retrying later."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -3,8 +3,21 @@ workers, keys that stay required. Each answer is a 4xx/503 problem document, nev
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
+from service.app import create_app
+from service.config import Settings
 from service.db import Database
 from tests.service.test_datasets import CSV, assert_problem
 
@@ -50,3 +63,59 @@ def test_a_value_too_long_for_its_column_is_refused_or_kept(client: TestClient,
     else:
         body = assert_problem(response, 422, "invalid_value")
         assert "too long" in body["detail"]
+
+
+# -- database outage: 503 + Retry-After, and the connection stays usable -------------
+
+
+@contextmanager
+def live_server(settings: Settings) -> Iterator[int]:
+    """The real app under uvicorn in a thread of the test process; yields its port."""
+    app = create_app(settings, migrate=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(),
+                                           log_level="critical", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield server.config.port
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("outage", ["sqlite_missing_directory", "postgresql_refused"])
+def test_a_database_outage_is_a_503_that_keeps_the_connection(
+        outage: str, tmp_path: Path) -> None:
+    if outage == "sqlite_missing_directory":
+        url = f"sqlite:///{tmp_path / 'gone' / 'tabxai.db'}"
+    else:  # a PostgreSQL server that is down: nothing listens on the port
+        url = f"postgresql+psycopg://tabxai@127.0.0.1:{free_port()}/tabxai?connect_timeout=2"
+    settings = Settings(data_dir=tmp_path / "data", database_url=url)
+    with live_server(settings) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        connection.connect()
+        sock = connection.sock
+        for method, path in [("GET", "/v1/datasets"), ("GET", "/v1/jobs/job_x"),
+                             ("POST", "/v1/jobs/job_x/cancel"), ("GET", "/readyz"),
+                             ("GET", "/v1/models")]:
+            connection.request(method, path)
+            response = connection.getresponse()
+            body = json.loads(response.read())
+            assert response.status == 503, (path, body)
+            assert response.getheader("content-type") == "application/problem+json"
+            assert int(response.getheader("retry-after", "0")) > 0, path
+            assert body["code"] == ("database_unreachable" if path == "/readyz"
+                                    else "database_unavailable")
+            assert "try again" in body["detail"].lower() or path == "/readyz"
+            assert connection.sock is sock, f"the server closed the connection after {path}"
+        connection.close()
