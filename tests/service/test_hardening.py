@@ -3,15 +3,21 @@ workers, keys that stay required. Each answer is a 4xx/503 problem document, nev
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -19,6 +25,14 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.db import Database
+from tests.service.jobs_testkinds import (
+    MODULE,
+    ROOT,
+    job_row,
+    post_job,
+    upload_dataset,
+    wait_for,
+)
 from tests.service.test_datasets import CSV, assert_problem
 
 # -- NUL characters: PostgreSQL cannot store them; both databases refuse them alike --
@@ -119,3 +133,51 @@ def test_a_database_outage_is_a_503_that_keeps_the_connection(
             assert "try again" in body["detail"].lower() or path == "/readyz"
             assert connection.sock is sock, f"the server closed the connection after {path}"
         connection.close()
+
+
+# -- a killed `tabxai serve` leaves no worker or job process behind ------------------
+
+
+def test_workers_and_their_jobs_exit_when_serve_is_killed(
+        tmp_path: Path, database_url: str, db: Database) -> None:
+    port = free_port()
+    env = {**os.environ, "TABXAI_DATA_DIR": str(tmp_path), "TABXAI_DATABASE_URL": database_url,
+           "TABXAI_PORT": str(port), "TABXAI_WORKERS": "1", "TABXAI_WORKER_DEVICE": "cpu",
+           "TABXAI_EXTRA_KINDS": MODULE, "TABXAI_POLL_SECONDS": "0.05",
+           "TABXAI_LOG_LEVEL": "WARNING"}
+    serve = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    descendants: list[psutil.Process] = []
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return serve.poll() is not None  # died: the assertion below says so
+
+        wait_for(ready, 60, "tabxai serve to listen")
+        assert serve.poll() is None, "tabxai serve exited"
+        with httpx.Client(base_url=base, timeout=10) as client:
+            dataset_id = upload_dataset(client)
+            job_id = post_job(client, "test_sleep", dataset_id, steps=1000,
+                              step_seconds=0.05)["id"]
+            wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"] > 0, 60,
+                     "a worker to run the job")
+        workers = psutil.Process(serve.pid).children()
+        descendants = psutil.Process(serve.pid).children(recursive=True)
+        assert len(workers) == 1 and "worker" in " ".join(workers[0].cmdline())
+        fork_servers = [p for p in workers[0].children() if "forkserver" in " ".join(p.cmdline())]
+        assert fork_servers and fork_servers[0].children(), "no job process is running"
+        serve.kill()
+        serve.wait(10)
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        assert not alive, f"outlived a killed tabxai serve: {alive}"
+        job = job_row(db, job_id)
+        assert job.status == "queued" and job.attempts == 0, "the worker gave the job back"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        for process in descendants:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
