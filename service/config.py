@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * GiB, gt=0, description="Largest accepted upload.")
     auth: Literal["auto", "required"] = Field(
         "auto",
-        description="auto: keys are required once one exists or when not on loopback; "
+        description="auto: keys are required once one has been created (revoked keys "
+        "count, so revoking the last key does not open the API) or when not on loopback; "
         "required: always.",
     )
     trust_uploads: bool = Field(
