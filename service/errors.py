@@ -13,9 +13,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.errors import ModelError
@@ -111,6 +113,53 @@ class NotReady(ServiceError):
     status, code = 503, "not_ready"
 
 
+class Problem(BaseModel):
+    """An RFC 9457 problem document, sent as ``application/problem+json``."""
+
+    type: str = Field(examples=["/problems/not_found"], description="/problems/<code>")
+    title: str = Field(description="What kind of problem this is.")
+    status: int = Field(examples=[404], description="The HTTP status code.")
+    detail: str = Field(description="A sentence a person can act on.")
+    code: str = Field(examples=["not_found"], description="Stable machine-readable code.")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Per-field details, when there are several.")
+
+
+_PROBLEM_DESCRIPTIONS = {
+    400: "The request could not be read (malformed JSON, multipart body or cursor).",
+    401: "No API key, or an unknown or revoked one.",
+    404: "No such object in this workspace.",
+    409: "The request conflicts with the object's state.",
+    413: "The upload is larger than this server accepts.",
+    415: "The format is not supported (or runs code and is not trusted).",
+    422: "A valid request that cannot be served, or a field that is not valid.",
+    503: "The database is unreachable or not migrated; retry after Retry-After seconds.",
+}
+_PROBLEM_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "Seconds to wait before retrying.",
+                          "schema": {"type": "integer"}}},
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring problem documents with these status codes."""
+    declared: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
+            "description": _PROBLEM_DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        if status in _PROBLEM_HEADERS:
+            response["headers"] = _PROBLEM_HEADERS[status]
+        declared[status] = response
+    return declared
+
+
+# What every operation under /v1 may answer: no key, a NUL or invalid field, an outage.
+API_PROBLEMS = problem_responses(401, 422, 503)
+
+
 def problem_response(
     status: int,
     code: str,
@@ -144,6 +193,23 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa_exc.TimeoutError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(RefuseNulMiddleware)
+    _add_problem_schema(app)
+
+
+def _add_problem_schema(app: FastAPI) -> None:
+    """Put the Problem schema the declared responses refer to into the document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = Problem.model_json_schema(
+                ref_template="#/components/schemas/{model}")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class RefuseNulMiddleware:
@@ -230,9 +296,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = f"There is no route {request.url.path}; see /docs for the API."
         return problem_response(404, "not_found", "Not found.", detail)
     if exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}."
+        allowed = _allowed_methods(request)
+        detail = (f"{request.method} is not allowed on {request.url.path}; use "
+                  f"{allowed or 'another path'}.")
+        headers = {**(getattr(exc, "headers", None) or {}), "Allow": allowed}
         return problem_response(405, "method_not_allowed", "Method not allowed.", detail,
-                                headers=getattr(exc, "headers", None))
+                                headers=headers)
     code = f"http_{exc.status_code}"
     return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail),
                             headers=getattr(exc, "headers", None))
@@ -264,6 +333,20 @@ def _is_outage(exc: Exception) -> bool:
         return exc.connection_invalidated or isinstance(
             exc, sa_exc.OperationalError | sa_exc.InterfaceError)
     return isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route accepts on this path (the router names only those of
+    the first route that matches the path)."""
+    allowed = [
+        method for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+               for route in request.app.router.routes)
+    ]
+    return ", ".join(allowed)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from service.deps import DatabaseDep
-from service.errors import RETRY_AFTER_SECONDS, NotReady
+from service.errors import RETRY_AFTER_SECONDS, NotReady, problem_responses
 from service.metrics import render_metrics
 from service.migrate import current_revision, head_revision
 
@@ -19,7 +19,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=problem_responses(503))
 def readyz(db: DatabaseDep) -> dict[str, str]:
     """The database is reachable and migrated to the newest revision."""
     try:
