@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -21,10 +22,11 @@ import psutil
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.config import Settings
-from service.db import Database
+from service.db import Database, create_db_engine
 from tests.service.jobs_testkinds import (
     MODULE,
     ROOT,
@@ -133,6 +135,162 @@ def test_a_database_outage_is_a_503_that_keeps_the_connection(
             assert "try again" in body["detail"].lower() or path == "/readyz"
             assert connection.sock is sock, f"the server closed the connection after {path}"
         connection.close()
+
+
+@pytest.mark.postgres
+def test_postgresql_stopping_mid_run_is_a_503_until_it_is_back(
+        database_url: str, tmp_path: Path) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs PostgreSQL (TABXAI_TEST_DATABASE_URL)")
+    with proxied_server(database_url, tmp_path) as (proxy, app_port):
+        connection = http.client.HTTPConnection("127.0.0.1", app_port, timeout=30)
+
+        def get(path: str) -> tuple[int, dict[str, str], bytes]:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+
+        assert get("/v1/datasets")[0] == 200
+        sock = connection.sock
+        proxy.cut()
+        for path in ("/v1/datasets", "/v1/models", "/readyz"):
+            status, headers, body = get(path)
+            assert status == 503, (path, body)
+            assert int(headers["retry-after"]) > 0
+            assert connection.sock is sock, f"the server closed the connection after {path}"
+        proxy.restore()
+        assert get("/v1/datasets")[0] == 200, "the service recovers with the database"
+        assert get("/readyz")[0] == 200
+        connection.close()
+
+
+@pytest.mark.postgres
+def test_a_request_s_transaction_ends_before_its_response(
+        database_url: str, tmp_path: Path) -> None:
+    """A commit that fails must be the response (503), never an error after a 2xx: the
+    response may not leave before the request's last COMMIT has been answered."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs PostgreSQL (TABXAI_TEST_DATABASE_URL)")
+    with proxied_server(database_url, tmp_path) as (proxy, app_port), \
+            socket.create_connection(("127.0.0.1", app_port), timeout=30) as http_socket:
+        proxy.hold_commits()
+        http_socket.sendall(b"GET /v1/datasets HTTP/1.1\r\nHost: t\r\n\r\n")
+        # The workspace lookup's transaction, then the endpoint's: no response before both.
+        for _ in range(2):
+            assert proxy.held.acquire(timeout=20), "no COMMIT reached the proxy"
+            readable, _, _ = select.select([http_socket], [], [], 0.3)
+            assert not readable, "the response left before its transaction ended"
+            proxy.release_commit()
+        assert _read_response(http_socket).startswith(b"HTTP/1.1 200")
+
+
+@contextmanager
+def proxied_server(database_url: str, tmp_path: Path) -> Iterator[tuple[CuttableProxy, int]]:
+    """The app under uvicorn, reaching PostgreSQL through a proxy the test controls (only
+    this app is affected, not other tests sharing the server)."""
+    engine = create_db_engine(database_url)
+    with engine.connect() as connection:
+        info = connection.connection.dbapi_connection.info  # type: ignore[union-attr]
+        host, port = info.host, info.port
+    engine.dispose()
+    proxy = CuttableProxy(host, port)
+    url = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
+    settings = Settings(data_dir=tmp_path / "data",
+                        database_url=url.render_as_string(hide_password=False))
+    try:
+        with live_server(settings) as app_port:
+            yield proxy, app_port
+    finally:
+        proxy.close()
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+# The simple-query message psycopg sends to commit: 'Q', int32 length, "COMMIT\0".
+_COMMIT_MESSAGE = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class CuttableProxy:
+    """A TCP proxy to PostgreSQL (TCP or Unix socket) whose link can be cut and restored;
+    while cut, every connection through it is closed at once. ``hold_commits`` stops
+    each COMMIT on its way to the server until ``release_commit``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._up = True
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._holding = False
+        self.held = threading.Semaphore(0)  # one release per COMMIT stopped
+        self._release = threading.Semaphore(0)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold_commits(self) -> None:
+        self._holding = True
+
+    def release_commit(self) -> None:
+        self._release.release()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._up = False
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._up = True
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if not self._up:
+                    client.close()
+                    continue
+                host, port = self._target
+                if host.startswith("/"):
+                    upstream = socket.socket(socket.AF_UNIX)
+                    upstream.connect(f"{host}/.s.PGSQL.{port}")
+                else:
+                    upstream = socket.create_connection((host, port))
+                self._open += [client, upstream]
+            for a, b, to_server in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, to_server), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, to_server: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if to_server and self._holding and _COMMIT_MESSAGE in data:
+                    self.held.release()
+                    self._release.acquire()
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
 
 # -- a killed `tabxai serve` leaves no worker or job process behind ------------------
