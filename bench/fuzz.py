@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="2", help="schemathesis's concurrent clients")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-dir", type=Path, help="keep schemathesis's JUnit report here")
+    parser.add_argument("schemathesis_args", nargs=argparse.REMAINDER,
+                        help="after --: more options of `schemathesis run`, e.g. "
+                             "--continue-on-failure")
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="tabxai-fuzz-"))
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if args.report_dir:
                 command += ["--report", "junit", "--report-dir", str(args.report_dir)]
+            command += [a for a in args.schemathesis_args if a != "--"]
             started = time.monotonic()
             status = subprocess.call(command, cwd=tmp)
             elapsed = time.monotonic() - started
