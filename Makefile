@@ -49,4 +49,4 @@ $(VENV)/.installed-dev: $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
 	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) tabxai-data .pytest_cache
+	rm -rf $(VENV) tabxai-data .pytest_cache .hypothesis
