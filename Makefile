@@ -15,13 +15,18 @@ PYTHON ?= $(shell for p in $(PYTHON_CANDIDATES); do \
 	if $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; \
 	then command -v $$p 2>/dev/null || echo $$p; break; fi; done)
 
-.PHONY: run test lint bench-upload clean
+.PHONY: run test lint fuzz bench-upload clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/tabxai serve
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# schemathesis against a real server: thousands of generated requests, no 5xx and only
+# documented statuses. FUZZ_ARGS="--database-url postgresql+psycopg:///test --max-examples 300"
+fuzz: $(VENV)/.installed-dev
+	$(PY) -m bench.fuzz $(FUZZ_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check service models explainers tests bench migrations
@@ -44,4 +49,4 @@ $(VENV)/.installed-dev: $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
 	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) tabxai-data .pytest_cache
+	rm -rf $(VENV) tabxai-data .pytest_cache .hypothesis

@@ -2,8 +2,9 @@
 
 Keys are random 256-bit secrets shown once; only their SHA-256 is stored (a slow hash
 buys nothing for secrets with this much entropy). A key belongs to one workspace.
-Auth is off only when the server listens on loopback, ``TABXAI_AUTH=auto`` and no
-active key exists; requests then act in the workspace ``default``.
+Auth is off only when the server listens on loopback, ``TABXAI_AUTH=auto`` and no key
+has ever been created; requests then act in the workspace ``default``. A revoked key
+keeps its row (``revoked_at`` set), so revoking the last key does not open the API again.
 """
 
 from __future__ import annotations
@@ -83,11 +84,17 @@ def any_active_key(session: Session) -> bool:
         is not None
 
 
+def any_key_ever(session: Session) -> bool:
+    """Whether a key was ever created, revoked ones included: from then on keys are
+    required, so revoking the last key locks the API rather than opening it."""
+    return session.scalar(select(ApiKey.id).limit(1)) is not None
+
+
 def authenticate(request: Request, session: Session, settings: Settings) -> CurrentWorkspace:
     """Resolve the request's workspace from its key, or refuse it."""
     presented = _presented_key(request)
     if presented is None:
-        if settings.auth == "auto" and settings.on_loopback and not any_active_key(session):
+        if settings.auth == "auto" and settings.on_loopback and not any_key_ever(session):
             workspace = get_or_create_workspace(session, DEFAULT_WORKSPACE)
             return CurrentWorkspace(workspace.id, workspace.name)
         raise Unauthorized(

@@ -28,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="jobs run at once, each in its own process (default 1)")
     worker.add_argument("--device", choices=["auto", "cpu", "cuda"],
                         help="auto: cuda when a GPU is present (TABXAI_WORKER_DEVICE)")
+    # Given by `tabxai serve` to the workers it starts: they stop when it dies.
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(func=_worker)
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
@@ -144,15 +146,19 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         print("tabxai: --concurrency must be at least 1", file=sys.stderr)
         return 2
     return run_worker(settings, concurrency=args.concurrency,
-                      device=args.device or settings.worker_device)
+                      device=args.device or settings.worker_device,
+                      parent_pid=args.parent_pid)
 
 
 def _start_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
-    """Start TABXAI_WORKERS worker processes beside the API, with the same settings."""
+    """Start TABXAI_WORKERS worker processes beside the API, with the same settings.
+
+    They stop (giving their jobs back) when this process dies, even by SIGKILL.
+    """
     env = {**os.environ, "TABXAI_DATA_DIR": str(settings.data_dir),
            "TABXAI_DATABASE_URL": settings.resolved_database_url}
     command = [sys.executable, "-m", "service.cli", "worker",
-               "--device", settings.worker_device]
+               "--device", settings.worker_device, "--parent-pid", str(os.getpid())]
     return [subprocess.Popen(command, env=env) for _ in range(settings.workers)]
 
 

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     max_table_rows: int = Field(50_000_000, gt=0, description="Most rows a dataset may have.")
     auth: Literal["auto", "required"] = Field(
         "auto",
-        description="auto: keys are required once one exists or when not on loopback; "
+        description="auto: keys are required once one has been created (revoked keys "
+        "count, so revoking the last key does not open the API) or when not on loopback; "
         "required: always.",
     )
     trust_uploads: bool = Field(

@@ -10,7 +10,7 @@ connection wrote in between, which is what a deferred transaction does in WAL mo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +19,8 @@ from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from service.errors import InvalidText
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -64,8 +66,23 @@ def create_db_engine(url: str | URL, **kwargs: Any) -> Engine:
             url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
         )
         _configure_sqlite(engine)
-        return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    event.listen(engine, "before_cursor_execute", _refuse_nul_text)
+    return engine
+
+
+def _refuse_nul_text(connection: Any, cursor: Any, statement: str, parameters: Any,
+                     context: Any, executemany: bool) -> None:
+    """Refuse text holding a NUL character on both databases alike: PostgreSQL can
+    neither store nor compare it (the driver raises), and SQLite would keep it."""
+    for row in parameters if executemany else (parameters,):
+        values = row.values() if isinstance(row, Mapping) else row or ()
+        for value in values:
+            if isinstance(value, str) and "\x00" in value:
+                raise InvalidText(
+                    "No id, name or other text may contain a NUL (0x00) character; "
+                    "remove it and send the request again.")
 
 
 def _configure_sqlite(engine: Engine) -> None:

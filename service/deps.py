@@ -35,8 +35,10 @@ def get_read_session(db: Annotated[Database, Depends(get_database)]) -> Iterator
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
-SessionDep = Annotated[Session, Depends(get_session)]
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+# scope="function": the transaction ends before the response is sent, so a failed commit
+# is the response (a 503 when the database went away) instead of an error after a 2xx.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 
 
 def get_workspace(request: Request, db: DatabaseDep, settings: SettingsDep

@@ -13,13 +13,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.errors import ModelError
 
 log = logging.getLogger("tabxai.errors")
 
 PROBLEM_JSON = "application/problem+json"
+# How long a client should wait before retrying while the database is unreachable.
+RETRY_AFTER_SECONDS = 5
 
 
 class ServiceError(Exception):
@@ -45,7 +52,11 @@ class ServiceError(Exception):
 
     @property
     def title(self) -> str:
-        return (type(self).__doc__ or type(self).__name__).strip().splitlines()[0]
+        return _title(type(self))
+
+
+def _title(cls: type[Exception]) -> str:
+    return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
 
 
 class BadRequest(ServiceError):
@@ -90,10 +101,63 @@ class Unprocessable(ServiceError):
     status, code = 422, "unprocessable"
 
 
+class InvalidText(Unprocessable):
+    """The request holds text that cannot be stored."""
+
+    status, code = 422, "nul_character"
+
+
 class NotReady(ServiceError):
     """The service is not ready."""
 
     status, code = 503, "not_ready"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, sent as ``application/problem+json``."""
+
+    type: str = Field(examples=["/problems/not_found"], description="/problems/<code>")
+    title: str = Field(description="What kind of problem this is.")
+    status: int = Field(examples=[404], description="The HTTP status code.")
+    detail: str = Field(description="A sentence a person can act on.")
+    code: str = Field(examples=["not_found"], description="Stable machine-readable code.")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Per-field details, when there are several.")
+
+
+_PROBLEM_DESCRIPTIONS = {
+    400: "The request could not be read (malformed JSON, multipart body or cursor).",
+    401: "No API key, or an unknown or revoked one.",
+    404: "No such object in this workspace.",
+    409: "The request conflicts with the object's state.",
+    413: "The upload is larger than this server accepts.",
+    415: "The format is not supported (or runs code and is not trusted).",
+    422: "A valid request that cannot be served, or a field that is not valid.",
+    503: "The database is unreachable or not migrated; retry after Retry-After seconds.",
+}
+_PROBLEM_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "Seconds to wait before retrying.",
+                          "schema": {"type": "integer"}}},
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring problem documents with these status codes."""
+    declared: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
+            "description": _PROBLEM_DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        if status in _PROBLEM_HEADERS:
+            response["headers"] = _PROBLEM_HEADERS[status]
+        declared[status] = response
+    return declared
+
+
+# What every operation under /v1 may answer: no key, a NUL or invalid field, an outage.
+API_PROBLEMS = problem_responses(401, 422, 503)
 
 
 def problem_response(
@@ -122,7 +186,67 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelError, _model_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Handlers of specific classes answer inside the app, so the connection stays open;
+    # the catch-all below closes it after answering (Starlette re-raises for the server).
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(sa_exc.DisconnectionError, _database_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(RefuseNulMiddleware)
+    _add_problem_schema(app)
+
+
+def _add_problem_schema(app: FastAPI) -> None:
+    """Put the Problem schema the declared responses refer to into the document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = Problem.model_json_schema(
+                ref_template="#/components/schemas/{model}")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+class RefuseNulMiddleware:
+    """Answers a request with a NUL character in its path (404: no id holds one) or in a
+    query parameter (422) before any route sees it; PostgreSQL cannot even compare
+    such text. NULs in bodies are refused where they meet the database
+    (``service.db``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = _nul_problem(scope)
+            if problem is not None:
+                await problem(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _nul_problem(scope: Scope) -> JSONResponse | None:
+    if "\x00" in scope["path"]:
+        return problem_response(
+            404, "not_found", "Not found.",
+            "There is nothing at this path: ids and names never contain a NUL (0x00) "
+            "character. Check the URL.")
+    query_string: bytes = scope.get("query_string", b"")
+    if b"\x00" not in query_string and b"%00" not in query_string:
+        return None
+    for key, value in QueryParams(query_string).multi_items():
+        if "\x00" in key or "\x00" in value:
+            name = key.replace("\x00", "\\0")
+            return problem_response(
+                InvalidText.status, InvalidText.code, _title(InvalidText),
+                f"The query parameter '{name}' contains a NUL (0x00) character, which no "
+                "id, name or value may hold; remove it and send the request again.")
+    return None
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -172,12 +296,62 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = f"There is no route {request.url.path}; see /docs for the API."
         return problem_response(404, "not_found", "Not found.", detail)
     if exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}."
+        allowed = _allowed_methods(request)
+        detail = (f"{request.method} is not allowed on {request.url.path}; use "
+                  f"{allowed or 'another path'}.")
+        headers = {**(getattr(exc, "headers", None) or {}), "Allow": allowed}
         return problem_response(405, "method_not_allowed", "Method not allowed.", detail,
-                                headers=getattr(exc, "headers", None))
+                                headers=headers)
     code = f"http_{exc.status_code}"
     return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail),
                             headers=getattr(exc, "headers", None))
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, sa_exc.DataError):
+        # A value the database refuses to store or compare (too long, out of range).
+        reason = _first_line(getattr(exc, "orig", None) or exc).rstrip(".")
+        return problem_response(
+            422, "invalid_value", "The request holds a value that cannot be stored.",
+            f"A value in the request cannot be stored: {reason}. Change it and send the "
+            "request again.")
+    if _is_outage(exc):
+        log.warning("database unavailable", extra={
+            "event": "database_unavailable", "path": request.url.path,
+            "error": _first_line(exc)})
+        return problem_response(
+            503, "database_unavailable", "The database is unavailable.",
+            f"The service cannot reach its database right now; try again in "
+            f"{RETRY_AFTER_SECONDS} seconds.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return await _unexpected_error(request, exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_outage(exc: Exception) -> bool:
+    """Errors of the connection rather than of the statement: worth retrying later."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route accepts on this path (the router names only those of
+    the first route that matches the path)."""
+    allowed = [
+        method for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+               for route in request.app.router.routes)
+    ]
+    return ", ".join(allowed)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -11,11 +11,12 @@ from service.catalog import service
 from service.catalog.schemas import ColumnOut, DatasetOut, ModelOut, Page, RowsOut
 from service.catalog.tables import DatasetRecord, ModelRecord
 from service.deps import DatabaseDep, ReadSessionDep, SessionDep, SettingsDep, WorkspaceDep
+from service.errors import API_PROBLEMS, problem_responses
 from service.metrics import UPLOAD_BYTES
 from service.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from service.uploads import receive_upload
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=API_PROBLEMS)
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page.")]
@@ -76,7 +77,8 @@ def model_out(record: ModelRecord) -> ModelOut:
 
 
 @router.post("/datasets", status_code=201, response_model=DatasetOut, tags=["datasets"],
-             openapi_extra=_DATASET_BODY, summary="Upload a table (CSV or Parquet)")
+             openapi_extra=_DATASET_BODY, summary="Upload a table (CSV or Parquet)",
+             responses=problem_responses(400, 413, 415))
 async def upload_dataset(
     request: Request, response: Response, settings: SettingsDep, db: DatabaseDep,
     workspace: WorkspaceDep, name: str | None = None, target: str | None = None,
@@ -104,7 +106,8 @@ async def upload_dataset(
     return out
 
 
-@router.get("/datasets", response_model=Page[DatasetOut], tags=["datasets"])
+@router.get("/datasets", response_model=Page[DatasetOut], tags=["datasets"],
+            responses=problem_responses(400))
 def list_datasets(session: ReadSessionDep, workspace: WorkspaceDep,
                   limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Page[DatasetOut]:
     records, next_cursor = service.list_datasets(session, workspace.id, limit=limit,
@@ -112,12 +115,14 @@ def list_datasets(session: ReadSessionDep, workspace: WorkspaceDep,
     return Page[DatasetOut](items=[dataset_out(r) for r in records], next_cursor=next_cursor)
 
 
-@router.get("/datasets/{dataset_id}", response_model=DatasetOut, tags=["datasets"])
+@router.get("/datasets/{dataset_id}", response_model=DatasetOut, tags=["datasets"],
+            responses=problem_responses(404))
 def get_dataset(dataset_id: str, session: ReadSessionDep, workspace: WorkspaceDep) -> DatasetOut:
     return dataset_out(service.get_dataset(session, workspace.id, dataset_id))
 
 
-@router.get("/datasets/{dataset_id}/rows", response_model=RowsOut, tags=["datasets"])
+@router.get("/datasets/{dataset_id}/rows", response_model=RowsOut, tags=["datasets"],
+            responses=problem_responses(404))
 def dataset_rows(dataset_id: str, db: DatabaseDep, session: ReadSessionDep,
                  workspace: WorkspaceDep,
                  offset: Annotated[int, Query(ge=0)] = 0,
@@ -128,14 +133,16 @@ def dataset_rows(dataset_id: str, db: DatabaseDep, session: ReadSessionDep,
                    limit=limit, n_rows=record.n_rows)
 
 
-@router.delete("/datasets/{dataset_id}", status_code=204, tags=["datasets"])
+@router.delete("/datasets/{dataset_id}", status_code=204, tags=["datasets"],
+               responses=problem_responses(404, 409))
 def delete_dataset(dataset_id: str, session: SessionDep, workspace: WorkspaceDep) -> Response:
     service.delete_dataset(session, workspace.id, dataset_id)
     return Response(status_code=204)
 
 
 @router.post("/models", status_code=201, response_model=ModelOut, tags=["models"],
-             openapi_extra=_MODEL_BODY, summary="Upload a trained model")
+             openapi_extra=_MODEL_BODY, summary="Upload a trained model",
+             responses=problem_responses(400, 413, 415))
 async def upload_model(
     request: Request, response: Response, settings: SettingsDep, db: DatabaseDep,
     workspace: WorkspaceDep, name: str | None = None, format: str | None = None,
@@ -168,7 +175,8 @@ async def upload_model(
     return out
 
 
-@router.get("/models", response_model=Page[ModelOut], tags=["models"])
+@router.get("/models", response_model=Page[ModelOut], tags=["models"],
+            responses=problem_responses(400))
 def list_models(session: ReadSessionDep, workspace: WorkspaceDep,
                 limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Page[ModelOut]:
     records, next_cursor = service.list_models(session, workspace.id, limit=limit,
@@ -176,12 +184,14 @@ def list_models(session: ReadSessionDep, workspace: WorkspaceDep,
     return Page[ModelOut](items=[model_out(r) for r in records], next_cursor=next_cursor)
 
 
-@router.get("/models/{model_id}", response_model=ModelOut, tags=["models"])
+@router.get("/models/{model_id}", response_model=ModelOut, tags=["models"],
+            responses=problem_responses(404))
 def get_model(model_id: str, session: ReadSessionDep, workspace: WorkspaceDep) -> ModelOut:
     return model_out(service.get_model(session, workspace.id, model_id))
 
 
-@router.delete("/models/{model_id}", status_code=204, tags=["models"])
+@router.delete("/models/{model_id}", status_code=204, tags=["models"],
+               responses=problem_responses(404, 409))
 def delete_model(model_id: str, session: SessionDep, workspace: WorkspaceDep) -> Response:
     service.delete_model(session, workspace.id, model_id)
     return Response(status_code=204)

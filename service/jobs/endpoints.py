@@ -14,13 +14,13 @@ from starlette.concurrency import run_in_threadpool
 from service.catalog.schemas import Page
 from service.db import Database
 from service.deps import DatabaseDep, ReadSessionDep, SettingsDep, WorkspaceDep
-from service.errors import NotFound
+from service.errors import API_PROBLEMS, NotFound, problem_responses
 from service.jobs import service
 from service.jobs.schemas import EstimateOut, JobCreate, JobOut
 from service.jobs.tables import FINAL_STATUSES, JobRecord
 from service.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=API_PROBLEMS)
 
 EVENT_POLL_SECONDS = 0.25
 KEEP_ALIVE_SECONDS = 15.0
@@ -30,7 +30,8 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 @router.post("/jobs", status_code=202, response_model=JobOut,
              responses={200: {"model": EstimateOut,
-                              "description": "dry_run=true: the estimate; nothing queued"}},
+                              "description": "dry_run=true: the estimate; nothing queued"},
+                        **problem_responses(400, 404, 409)},
              summary="Queue an explanation job")
 def create_job(
     body: JobCreate, response: Response, db: DatabaseDep, settings: SettingsDep,
@@ -52,7 +53,7 @@ def create_job(
     return service.job_out(job)
 
 
-@router.get("/jobs", response_model=Page[JobOut])
+@router.get("/jobs", response_model=Page[JobOut], responses=problem_responses(400))
 def list_jobs(session: ReadSessionDep, workspace: WorkspaceDep, status: Status | None = None,
               kind: str | None = None,
               limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
@@ -62,7 +63,7 @@ def list_jobs(session: ReadSessionDep, workspace: WorkspaceDep, status: Status |
     return Page[JobOut](items=[service.job_out(j) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut)
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=problem_responses(404))
 def get_job(job_id: str, session: ReadSessionDep, workspace: WorkspaceDep) -> JobOut:
     return service.job_out(service.get_job(session, workspace.id, job_id))
 
@@ -70,7 +71,8 @@ def get_job(job_id: str, session: ReadSessionDep, workspace: WorkspaceDep) -> Jo
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "An event `job` with the Job JSON at every "
-                                            "change; the stream ends when the job ends."}})
+                                            "change; the stream ends when the job ends."},
+                       **problem_responses(404)})
 async def job_events(job_id: str, request: Request, db: DatabaseDep, workspace: WorkspaceDep
                      ) -> StreamingResponse:
     """Server-sent events of the job as it changes, ending when it ends."""
@@ -100,12 +102,13 @@ async def job_events(job_id: str, request: Request, db: DatabaseDep, workspace: 
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut,
+             responses=problem_responses(404))
 def cancel_job(job_id: str, db: DatabaseDep, workspace: WorkspaceDep) -> JobOut:
     return service.job_out(service.cancel_job(db, workspace.id, job_id))
 
 
-@router.delete("/jobs/{job_id}", status_code=204)
+@router.delete("/jobs/{job_id}", status_code=204, responses=problem_responses(404, 409))
 def delete_job(job_id: str, db: DatabaseDep, workspace: WorkspaceDep) -> Response:
     service.delete_job(db, workspace.id, job_id)
     return Response(status_code=204)

@@ -25,6 +25,7 @@ claiming a job, starting a *job process* for it and supervising it until it ends
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import logging
@@ -36,6 +37,7 @@ import resource
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -86,6 +88,8 @@ _PRELOAD = ["numpy", "pyarrow", "sqlalchemy", "psycopg", "service.jobs.worker"]
 # code (or the kernel's OOM killer picks it): reported as out of memory.
 _MEMORY_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
 _PARENT_GONE_EXIT = 70
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL_SECONDS = 1.0
 
 
 def detect_gpu() -> bool:
@@ -98,10 +102,17 @@ def detect_gpu() -> bool:
 
 
 def run_worker(settings: Settings, *, concurrency: int = 1,
-               device: Literal["auto", "cpu", "cuda"] = "auto") -> int:
-    """The ``tabxai worker`` command: migrate, then run until SIGTERM or SIGINT."""
+               device: Literal["auto", "cpu", "cuda"] = "auto",
+               parent_pid: int | None = None) -> int:
+    """The ``tabxai worker`` command: migrate, then run until SIGTERM or SIGINT.
+
+    parent_pid: the process that started this worker (``tabxai serve``); when it dies,
+    even by SIGKILL, the worker gets SIGTERM and stops as it does then.
+    """
     from service.migrate import upgrade
 
+    if parent_pid is not None:
+        _stop_with_parent(parent_pid)
     settings.ensure_dirs()
     db = Database(settings.resolved_database_url)
     upgrade(db.engine)
@@ -124,6 +135,29 @@ def run_worker(settings: Settings, *, concurrency: int = 1,
     finally:
         db.dispose()
     return 0
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Send this process SIGTERM when ``parent_pid`` is no longer its parent.
+
+    Linux delivers it at once (``PR_SET_PDEATHSIG``); a thread that compares
+    ``os.getppid()`` once a second covers other systems and a parent that died before
+    the request was made. The job processes follow the worker (they watch its pipe).
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("cannot ask to be told of the parent's death", extra={
+                "event": "pdeathsig_failed", "errno": ctypes.get_errno()})
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_POLL_SECONDS)
+        log.warning("the process that started this worker is gone; stopping",
+                    extra={"event": "worker_orphaned", "parent_pid": parent_pid})
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="tabxai-parent-watch", daemon=True).start()
 
 
 class Wakeup:

@@ -15,13 +15,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from service.deps import DatabaseDep, ReadSessionDep, WorkspaceDep
-from service.errors import Conflict
+from service.errors import API_PROBLEMS, Conflict, problem_responses
 from service.jobs.service import get_job
 from service.jobs.tables import CANCELLED, FAILED, SUCCEEDED, JobRecord
 from service.results import arrays, plots
 from service.results.tables import JobResult
 
-router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
+router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"],
+                   responses={**API_PROBLEMS, **problem_responses(404, 409)})
 
 MAX_PAGE_ROWS = arrays.MAX_PAGE_ROWS
 DEFAULT_PAGE_ROWS = arrays.DEFAULT_PAGE_ROWS

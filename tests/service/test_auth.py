@@ -97,3 +97,13 @@ def test_keys_cli_creates_lists_and_revokes(tmp_path, database_url: str, db: Dat
     assert cli("keys", "revoke", key_id).returncode == 0
     assert "revoked" in cli("keys", "list").stdout
     assert cli("keys", "revoke", "key_nope").returncode == 1
+
+
+def test_revoking_the_last_key_keeps_keys_required(client: TestClient, db: Database) -> None:
+    key_id, secret = _key(db, "team-a")
+    with db.session() as session:
+        revoke_key(session, key_id)
+    body = assert_problem(client.get("/v1/datasets"), 401, "unauthorized")
+    assert "tabxai keys create" in body["detail"]
+    assert_problem(client.get("/v1/datasets", headers={"X-API-Key": secret}), 401,
+                   "unauthorized")
