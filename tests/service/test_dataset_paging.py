@@ -206,7 +206,7 @@ def test_a_page_reads_the_same_few_chunks_at_any_offset(db: Database, tmp_path: 
     body, frame = _csv_body(60_000)
     source = tmp_path / "t.csv"
     source.write_bytes(body)
-    info = inspect_table(source, "csv")
+    info = inspect_table(source, "csv", max_bytes=1 << 30, max_rows=10**6)
     copy_path = tmp_path / "t.parquet"
     write_paging_copy(source, info, copy_path, max_group_rows=2048)
     copy_blob = _stored(db, tmp_path, copy_path.read_bytes(), chunk_bytes=64 << 10)
@@ -275,7 +275,7 @@ def test_an_upload_and_its_copy_are_stored_in_the_callers_transaction(
         workspace_id = session.scalar(select(Workspace.id).where(Workspace.name == "default"))
     assert workspace_id is not None
     with pytest.raises(RuntimeError), db.session() as session:
-        record = create_dataset(session, workspace_id, upload, name=None, target=None,
+        record = create_dataset(session, settings, workspace_id, upload, name=None, target=None,
                                 fmt=None)
         assert record.paging_blob_id is not None and _counts_in(session) == (2, 2)
         raise RuntimeError("a later step of the same request fails")
