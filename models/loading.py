@@ -30,6 +30,7 @@ from models.errors import (
 )
 from models.formats import FORMATS, SERVED_FORMATS
 from models.loaded import Device, LoadedModel
+from models.loaders.parts import LoadedParts
 
 __all__ = ["load_model", "TASKS", "SKOPS_ALLOWED_BUILTINS", "SKOPS_ALLOWED_FUNCTIONS",
            "ONNX_NAMES_KEY"]
@@ -119,20 +120,21 @@ def load_model(
         "torchscript": _load_torchscript,
     }[format]
     parts = loader(path, task=task, n_threads=n_threads)
-    parts["format"] = format
-    return _assemble(parts, feature_names=feature_names, task=task, classes=classes)
+    return _assemble(parts, format=format, feature_names=feature_names, task=task,
+                     classes=classes)
 
 
 def _assemble(
-    parts: dict[str, Any],
+    parts: LoadedParts,
     *,
+    format: str,
     feature_names: list[str] | None,
     task: str | None,
     classes: list[Any] | None,
 ) -> LoadedModel:
     """Reconcile what the file says with the caller's arguments and build the model."""
-    n_features = int(parts["n_features"])
-    names = parts.get("feature_names")
+    n_features = int(parts.n_features)
+    names = parts.feature_names
     if feature_names is not None:
         feature_names = [str(n) for n in feature_names]
         if len(feature_names) != n_features:
@@ -145,11 +147,11 @@ def _assemble(
                 f"feature_names do not match the names stored in the model: {list(names)}."
             )
         names = feature_names
-    file_task = parts["task"]
+    file_task = parts.task
     if task is not None and task != file_task:
         raise InvalidModel(f"task={task!r} was given but the model is a {file_task} model.")
-    n_classes = parts.get("n_classes")
-    stored = parts.get("classes")
+    n_classes = parts.n_classes
+    stored = parts.classes
     if file_task == "regression":
         if classes is not None:
             raise InvalidModel("classes were given for a regression model.")
@@ -165,20 +167,20 @@ def _assemble(
             final_classes = list(classes)
         else:
             final_classes = list(stored) if stored is not None else list(range(int(n_classes)))
-    categories = parts.get("categories_by_index", {})
+    categories = parts.categories_by_index
     keyed = {(names[i] if names is not None else str(i)): list(v) for i, v in categories.items()}
     return LoadedModel(
-        format=parts["format"],
-        kind=parts["kind"],
+        format=format,
+        kind=parts.kind,
         task=file_task,
         n_features=n_features,
         feature_names=None if names is None else list(names),
-        n_outputs=int(parts["n_outputs"]),
+        n_outputs=int(parts.n_outputs),
         classes=final_classes,
         categories=keyed,
-        details=parts["details"],
-        native=parts["native"],
-        predictor=parts["predictor"],
+        details=parts.details,
+        native=parts.native,
+        predictor=parts.predictor,
     )
 
 
@@ -202,7 +204,7 @@ def _sigmoid(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 # --------------------------------------------------------------------------- XGBoost
 
 
-def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> LoadedParts:
     import xgboost
 
     raw = path.read_bytes()
@@ -245,18 +247,18 @@ def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> dic
     if categories:
         # XGBoost re-codes a DataFrame's categories to these and refuses any other value.
         details["unseen_categories"] = "error"
-    return {
-        "kind": "other" if booster_kind == "gblinear" else "tree",
-        "task": file_task,
-        "n_features": booster.num_features(),
-        "feature_names": booster.feature_names,
-        "n_outputs": n_outputs,
-        "n_classes": n_classes,
-        "categories_by_index": categories,
-        "details": details,
-        "native": booster,
-        "predictor": _XGBoostPredictor(booster, objective, n_outputs),
-    }
+    return LoadedParts(
+        kind="other" if booster_kind == "gblinear" else "tree",
+        task=file_task,
+        n_features=booster.num_features(),
+        feature_names=booster.feature_names,
+        n_outputs=n_outputs,
+        n_classes=n_classes,
+        categories_by_index=categories,
+        details=details,
+        native=booster,
+        predictor=_XGBoostPredictor(booster, objective, n_outputs),
+    )
 
 
 def _xgboost_categories(booster: Any) -> dict[int, list[str]]:
@@ -424,7 +426,7 @@ def _xgboost_cuda_available() -> bool:
 _LGB_HEADER_LIMIT = 1 << 20
 
 
-def _load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+def _load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> LoadedParts:
     import lightgbm
 
     text = path.read_text(encoding="utf-8", errors="replace")
@@ -476,18 +478,18 @@ def _load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> di
                 "The model's pandas category lists do not pair one-to-one with its categorical "
                 "features; categorical columns must be given as integer codes."
             )
-    return {
-        "kind": "tree",
-        "task": file_task,
-        "n_features": n_features,
-        "feature_names": names,
-        "n_outputs": n_outputs,
-        "n_classes": n_classes,
-        "categories_by_index": categories,
-        "details": details,
-        "native": booster,
-        "predictor": _LightGBMPredictor(booster, file_task, n_outputs, n_threads),
-    }
+    return LoadedParts(
+        kind="tree",
+        task=file_task,
+        n_features=n_features,
+        feature_names=names,
+        n_outputs=n_outputs,
+        n_classes=n_classes,
+        categories_by_index=categories,
+        details=details,
+        native=booster,
+        predictor=_LightGBMPredictor(booster, file_task, n_outputs, n_threads),
+    )
 
 
 def _lightgbm_header(text: str) -> dict[str, str]:
@@ -574,7 +576,7 @@ class _LightGBMPredictor:
 # ---------------------------------------------------------------------- scikit-learn
 
 
-def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> LoadedParts:
     import zipfile
 
     import skops.io
@@ -620,7 +622,7 @@ def _skops_type_allowed(name: str) -> bool:
     return isinstance(obj, type)
 
 
-def _load_pickled(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+def _load_pickled(path: Path, *, task: str | None, n_threads: int | None) -> LoadedParts:
     import pickle
 
     import joblib
@@ -647,7 +649,7 @@ def _load_pickled(path: Path, *, task: str | None, n_threads: int | None) -> dic
     return _sklearn_parts(estimator)
 
 
-def _sklearn_parts(estimator: Any) -> dict[str, Any]:
+def _sklearn_parts(estimator: Any) -> LoadedParts:
     import sklearn
     from sklearn.base import is_classifier, is_regressor
 
@@ -691,20 +693,20 @@ def _sklearn_parts(estimator: Any) -> dict[str, Any]:
         n_classes, file_task, decision, class_list = None, "regression", False, None
         n_outputs = int(getattr(final, "n_outputs_", 1))
         details["raw_output"] = "predict"
-    return {
-        "kind": kind,
-        "task": file_task,
-        "n_features": int(n_features),
-        "feature_names": None if names is None else [str(n) for n in names],
-        "n_outputs": n_outputs,
-        "n_classes": n_classes,
-        "classes": class_list,
-        "categories_by_index": {j: [str(v) for v in values] for j, values in labels.items()},
-        "details": details,
-        "native": estimator,
-        "predictor": _SklearnPredictor(estimator, file_task, n_outputs, decision,
+    return LoadedParts(
+        kind=kind,
+        task=file_task,
+        n_features=int(n_features),
+        feature_names=None if names is None else [str(n) for n in names],
+        n_outputs=n_outputs,
+        n_classes=n_classes,
+        classes=class_list,
+        categories_by_index={j: [str(v) for v in values] for j, values in labels.items()},
+        details=details,
+        native=estimator,
+        predictor=_SklearnPredictor(estimator, file_task, n_outputs, decision,
                                        frame=(list(names), labels) if needs_frame else None),
-    }
+    )
 
 
 def _sklearn_inputs(estimator: Any) -> tuple[dict[int, list[Any]], bool]:
@@ -928,7 +930,7 @@ def _unchecked_methods(estimator: Any) -> dict[str, Callable[[np.ndarray], np.nd
 _ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
 
-def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> LoadedParts:
     import onnx
     import onnxruntime
     from google.protobuf.message import DecodeError
@@ -1028,15 +1030,15 @@ def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[s
     predictor.configure(file_task, is_probability, out_width)
     ops = {n.op_type for n in proto.graph.node}
     neural = bool(ops & {"MatMul", "Gemm", "Conv", "LSTM", "GRU", "RNN"})
-    return {
-        "kind": "neural" if neural else "other",
-        "task": file_task,
-        "n_features": width,
-        "feature_names": _onnx_feature_names(proto, width),
-        "n_outputs": out_width,
-        "n_classes": n_classes,
-        "classes": _onnx_class_labels(proto, n_classes) if n_classes else None,
-        "details": {
+    return LoadedParts(
+        kind="neural" if neural else "other",
+        task=file_task,
+        n_features=width,
+        feature_names=_onnx_feature_names(proto, width),
+        n_outputs=out_width,
+        n_classes=n_classes,
+        classes=_onnx_class_labels(proto, n_classes) if n_classes else None,
+        details={
             "library": "onnxruntime",
             "library_version": onnxruntime.__version__,
             "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
@@ -1049,9 +1051,9 @@ def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> dict[s
             "prediction_output": value_output.name,
             "output_is_probability": is_probability,
         },
-        "native": session,
-        "predictor": predictor,
-    }
+        native=session,
+        predictor=predictor,
+    )
 
 
 ONNX_NAMES_KEY = "feature_names"
@@ -1272,7 +1274,7 @@ class _OnnxPredictor:
 # ------------------------------------------------------------------------ TorchScript
 
 
-def _load_torchscript(path: Path, *, task: str | None, n_threads: int | None) -> dict[str, Any]:
+def _load_torchscript(path: Path, *, task: str | None, n_threads: int | None) -> LoadedParts:
     try:
         import torch
     except ImportError as error:
@@ -1298,21 +1300,21 @@ def _load_torchscript(path: Path, *, task: str | None, n_threads: int | None) ->
         )
     file_task = task or "regression"
     predictor.configure(file_task, out_width)
-    return {
-        "kind": "neural",
-        "task": file_task,
-        "n_features": n_features,
-        "feature_names": None,
-        "n_outputs": out_width,
-        "n_classes": None if file_task == "regression" else (2 if out_width == 1 else out_width),
-        "details": {
+    return LoadedParts(
+        kind="neural",
+        task=file_task,
+        n_features=n_features,
+        feature_names=None,
+        n_outputs=out_width,
+        n_classes=None if file_task == "regression" else (2 if out_width == 1 else out_width),
+        details={
             "library": "torch",
             "library_version": torch.__version__,
             "output": "logits (probabilities by sigmoid/softmax)",
         },
-        "native": module,
-        "predictor": predictor,
-    }
+        native=module,
+        predictor=predictor,
+    )
 
 
 def _torchscript_width(module: Any) -> int:
