@@ -27,10 +27,12 @@ from models.errors import (
     UnsupportedOutput,
     UntrustedFormat,
     UntrustedType,
+    first_line,
 )
 from models.formats import FORMATS, SERVED_FORMATS
 from models.loaded import Device, LoadedModel
 from models.loaders.parts import LoadedParts
+from models.loaders.probabilities import sigmoid, softmax, two_columns
 
 __all__ = ["load_model", "TASKS", "SKOPS_ALLOWED_BUILTINS", "SKOPS_ALLOWED_FUNCTIONS",
            "ONNX_NAMES_KEY"]
@@ -184,23 +186,6 @@ def _assemble(
     )
 
 
-def _two_columns(p: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    """[1 - p, p], with 1 - p computed in p's own dtype as the libraries' classifiers do
-    (XGBClassifier in float32, LGBMClassifier in float64)."""
-    p = np.asarray(p).reshape(-1)
-    return np.column_stack([1.0 - p, p]).astype(np.float64)
-
-
-def _softmax(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    z = np.asarray(z, dtype=np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _sigmoid(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
-
-
 # --------------------------------------------------------------------------- XGBoost
 
 
@@ -216,7 +201,7 @@ def _load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> Loa
         config = json.loads(booster.save_config())
     except (xgboost.core.XGBoostError, ValueError) as error:
         raise InvalidModel(
-            f"The XGBoost model could not be read ({_first_line(error)}). "
+            f"The XGBoost model could not be read ({first_line(error)}). "
             "Upload the whole file written by Booster.save_model('model.json') or .ubj."
         ) from error
     learner = config["learner"]
@@ -317,12 +302,12 @@ class _XGBoostPredictor:
     def probability(self, X: npt.NDArray[np.float64] | None,
                     margin: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float64]:
         if self._objective in ("binary:logistic", "binary:hinge"):
-            return _two_columns(self._inplace(X, "value", margin))
+            return two_columns(self._inplace(X, "value", margin))
         if self._objective == "multi:softprob":
             return np.asarray(self._inplace(X, "value", margin), dtype=np.float64)
         if self._objective.startswith("multi:"):
-            return _softmax(self.raw(X, margin))
-        return _two_columns(_sigmoid(self.raw(X, margin)))
+            return softmax(self.raw(X, margin))
+        return two_columns(sigmoid(self.raw(X, margin)))
 
     def label(self, X: npt.NDArray[np.float64] | None,
               margin: npt.NDArray[np.float32] | None = None) -> npt.NDArray[Any]:
@@ -436,7 +421,7 @@ def _load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> Lo
         booster = lightgbm.Booster(model_str=text)
     except lightgbm.basic.LightGBMError as error:
         raise InvalidModel(
-            f"The LightGBM model could not be read ({_first_line(error)}). "
+            f"The LightGBM model could not be read ({first_line(error)}). "
             "Upload the whole file written by Booster.save_model('model.txt')."
         ) from error
     objective = header.get("objective", "regression").split(" ")[0]
@@ -565,7 +550,7 @@ class _LightGBMPredictor:
 
     def probability(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         out = self._booster.predict(X, **self._params)
-        return _two_columns(out) if self._task == "binary" else np.asarray(out, dtype=np.float64)
+        return two_columns(out) if self._task == "binary" else np.asarray(out, dtype=np.float64)
 
     def label(self, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
         if self._task == "regression":
@@ -585,7 +570,7 @@ def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> Loade
         untrusted = skops.io.get_untrusted_types(file=path)
     except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError, OSError) as error:
         raise InvalidModel(
-            f"The skops file could not be read ({_first_line(error)}). "
+            f"The skops file could not be read ({first_line(error)}). "
             "Upload the whole file written by skops.io.dump."
         ) from error
     refused = [name for name in untrusted if not _skops_type_allowed(name)]
@@ -600,7 +585,7 @@ def _load_skops(path: Path, *, task: str | None, n_threads: int | None) -> Loade
         estimator = skops.io.load(path, trusted=list(untrusted))
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, OSError) as error:
         raise InvalidModel(
-            f"The skops file could not be loaded ({_first_line(error)}). "
+            f"The skops file could not be loaded ({first_line(error)}). "
             "Save the model again with skops.io.dump using the same scikit-learn version."
         ) from error
     return _sklearn_parts(estimator)
@@ -638,7 +623,7 @@ def _load_pickled(path: Path, *, task: str | None, n_threads: int | None) -> Loa
         OSError,
     ) as error:
         raise InvalidModel(
-            f"The pickled model could not be loaded ({_first_line(error)}). "
+            f"The pickled model could not be loaded ({first_line(error)}). "
             "Save it with skops.io.dump instead."
         ) from error
     if not type(estimator).__module__.startswith("sklearn."):
@@ -940,7 +925,7 @@ def _load_onnx(path: Path, *, task: str | None, n_threads: int | None) -> Loaded
         proto = onnx.load_model_from_string(model_bytes)
     except (DecodeError, ValueError, RuntimeError) as error:
         raise InvalidModel(
-            f"The ONNX file could not be parsed ({_first_line(error)}). "
+            f"The ONNX file could not be parsed ({first_line(error)}). "
             "Upload the whole .onnx file your converter wrote."
         ) from error
     session = _onnx_session(model_bytes, ["CPUExecutionProvider"], n_threads)
@@ -1100,7 +1085,7 @@ def _onnx_session(model_bytes: bytes, providers: list[Any], n_threads: int | Non
         ort_state.RuntimeException,
     ) as error:
         raise InvalidModel(
-            f"onnxruntime cannot run the ONNX graph ({_first_line(error)}). "
+            f"onnxruntime cannot run the ONNX graph ({first_line(error)}). "
             "Convert the model again with a supported opset."
         ) from error
 
@@ -1226,9 +1211,9 @@ class _OnnxPredictor:
         if output == "label" and self._task == "regression":
             return out.reshape(-1) if self._width == 1 else out
         if self._width == 1:
-            probability = _two_columns(out if self._is_probability else _sigmoid(out))
+            probability = two_columns(out if self._is_probability else sigmoid(out))
         else:
-            probability = out if self._is_probability else _softmax(out)
+            probability = out if self._is_probability else softmax(out)
         return probability if output == "probability" else np.argmax(probability, axis=1)
 
     def permuted_runs(self, X: npt.NDArray[Any], base: npt.NDArray[np.intp],
@@ -1267,7 +1252,7 @@ class _OnnxPredictor:
                                 rows_per_call=rows_per_call)
         except (ort_state.Fail, ort_state.RuntimeException) as error:  # device memory
             logger.warning("permuted copies stay on the host: the rows could not be placed "
-                           "on the device (%s)", _first_line(error))
+                           "on the device (%s)", first_line(error))
             return None
 
 
@@ -1286,7 +1271,7 @@ def _load_torchscript(path: Path, *, task: str | None, n_threads: int | None) ->
         module = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as error:
         raise InvalidModel(
-            f"The TorchScript file could not be loaded ({_first_line(error)}). "
+            f"The TorchScript file could not be loaded ({first_line(error)}). "
             "Save it with torch.jit.save."
         ) from error
     module.eval()
@@ -1364,20 +1349,10 @@ class _TorchPredictor:
 
     def probability(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         out = self.run(X)
-        return _two_columns(_sigmoid(out)) if self._width == 1 else _softmax(out)
+        return two_columns(sigmoid(out)) if self._width == 1 else softmax(out)
 
     def label(self, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
         if self._task == "regression":
             out = self.run(X)
             return out.reshape(-1) if self._width == 1 else out
         return np.argmax(self.probability(X), axis=1)
-
-
-_LIBRARY_LOG_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\]\s+\S+:\d+:\s*")
-
-
-def _first_line(error: BaseException) -> str:
-    """The library's message, without its log prefix (time, source path), for a person."""
-    lines = str(error).strip().splitlines()
-    text = _LIBRARY_LOG_PREFIX.sub("", lines[0]) if lines else type(error).__name__
-    return text.rstrip(". ")[:500]
