@@ -522,7 +522,7 @@ def test_scikit_learn_mlps_predict_bit_for_bit_without_per_call_checks(
     scikit-learn's predict and predict_proba, and NaN rows still get scikit-learn's error."""
     import sklearn
 
-    from models.loading import _unchecked_methods
+    from models.loaders.sklearn import _unchecked_methods
 
     X, y = model_data
     rows = np.random.default_rng(1).normal(size=(500, X.shape[1])) * 30 + 5
@@ -557,7 +557,7 @@ def test_other_scikit_learn_models_are_called_as_they_are(model_data: tuple) -> 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MinMaxScaler
 
-    from models.loading import _unchecked_methods
+    from models.loaders.sklearn import _unchecked_methods
 
     X, y = model_data
 
