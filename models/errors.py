@@ -8,6 +8,7 @@ attributes.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 
@@ -125,3 +126,13 @@ class UnsupportedOutput(ModelError, ValueError):
 
     code = "unsupported_output"
     status = 422
+
+
+_LIBRARY_LOG_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\]\s+\S+:\d+:\s*")
+
+
+def first_line(error: BaseException) -> str:
+    """The library's message, without its log prefix (time, source path), for a person."""
+    lines = str(error).strip().splitlines()
+    text = _LIBRARY_LOG_PREFIX.sub("", lines[0]) if lines else type(error).__name__
+    return text.rstrip(". ")[:500]

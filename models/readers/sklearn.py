@@ -281,7 +281,7 @@ def _hist_input_map(model: Any
         if raw.dtype.kind == "O" and len(present) == len(raw) - sum(
                 v is None or v != v for v in raw.tolist()):
             # Text categories reach the model as their index among the encoder's
-            # categories (models.loading, models.features), which is the encoder's own
+            # categories (models.loaders.sklearn, models.features), which is the encoder's own
             # ordinal code.
             categories[start + j] = np.arange(len(present), dtype=np.int64)
             continue

@@ -47,6 +47,7 @@ from pydantic import BaseModel
 
 from explainers.progress import ProgressCallback
 from models.inspection import ModelInfo
+from models.loaded import Device
 from service.catalog.tabular import Column
 from service.results.arrays import Axis
 
@@ -88,8 +89,6 @@ BUILTIN_KIND_MODULES: tuple[str, ...] = (
 """Modules that register the shipped kinds (the explanation methods) when imported."""
 
 EXTRA_KINDS_ENV = "TABXAI_EXTRA_KINDS"
-
-Device = Literal["cpu", "cuda"]
 
 
 class JobInputError(Exception):

@@ -53,6 +53,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from explainers.progress import Cancelled
 from models.errors import ModelError
 from models.inspection import ModelInfo
+from models.loaded import Device
 from service.catalog.tables import DatasetRecord, ModelRecord
 from service.catalog.tabular import TableInfo
 from service.config import Settings
@@ -78,8 +79,6 @@ from service.jobs.queue import (
 from service.results.arrays import ArrayMeta, ArrayWriter, Axis, write_array
 
 log = logging.getLogger("tabxai.jobs.worker")
-
-Device = Literal["cpu", "cuda"]
 
 PROGRESS_WRITE_SECONDS = 0.25
 _PROGRESS_SEND_SECONDS = 0.1

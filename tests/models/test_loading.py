@@ -180,7 +180,7 @@ def test_onnx_on_the_cpu_splits_large_calls_without_changing_a_bit(
     output is the one a single call over all rows gives."""
     import onnxruntime
 
-    from models import loading
+    from models.loaders import onnx as onnx_loader
 
     saved = saved_models[name]
     rows = np.repeat(saved.X, 7, axis=0)[:-3]
@@ -189,7 +189,7 @@ def test_onnx_on_the_cpu_splits_large_calls_without_changing_a_bit(
     whole = session.run(None, {graph_input: rows.astype(np.float32)})
     expected = whole[1] if len(whole) > 1 else whole[0]  # probabilities, or the prediction
     model = _load(saved)
-    monkeypatch.setattr(loading, "ONNX_CPU_CALL_ROWS", 17)
+    monkeypatch.setattr(onnx_loader, "ONNX_CPU_CALL_ROWS", 17)
     assert rows.shape[0] > 3 * 17
     got = model.predict(rows, output="raw")
     assert_array_equal(got, np.asarray(expected, dtype=np.float64).reshape(rows.shape[0], -1))
@@ -522,7 +522,7 @@ def test_scikit_learn_mlps_predict_bit_for_bit_without_per_call_checks(
     scikit-learn's predict and predict_proba, and NaN rows still get scikit-learn's error."""
     import sklearn
 
-    from models.loading import _unchecked_methods
+    from models.loaders.sklearn import _unchecked_methods
 
     X, y = model_data
     rows = np.random.default_rng(1).normal(size=(500, X.shape[1])) * 30 + 5
@@ -557,7 +557,7 @@ def test_other_scikit_learn_models_are_called_as_they_are(model_data: tuple) -> 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MinMaxScaler
 
-    from models.loading import _unchecked_methods
+    from models.loaders.sklearn import _unchecked_methods
 
     X, y = model_data
 
