@@ -5,11 +5,17 @@ CSV of --size-mb megabytes to POST /v1/datasets, and prints MB/s and the server'
 RSS (VmHWM) next to the file size. Target: peak RSS under 300 MB for a 1 GB file.
 
     .venv/bin/python bench/upload.py --size-mb 1024
+
+With ``--bomb-gib N`` it instead sends a small .csv.gz that expands to N GiB of
+two-column rows and prints how long the server took to refuse it (the table limits,
+TABXAI_MAX_TABLE_BYTES and TABXAI_MAX_TABLE_ROWS, stop the reading as soon as one is
+passed) and the answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import socket
 import subprocess
@@ -41,6 +47,17 @@ def generate_csv(path: Path, size_bytes: int, n_columns: int = 20) -> int:
     return path.stat().st_size
 
 
+def generate_bomb(path: Path, expanded_gib: int) -> int:
+    """A gzip file of concatenated members: a header, then 1 MiB of "1,2" rows compressed
+    once and repeated ``expanded_gib * 1024`` times (a few MB on disk)."""
+    member = gzip.compress(b"1,2\n" * (1 << 18), 9)
+    with path.open("wb") as f:
+        f.write(gzip.compress(b"a,b\n"))
+        for _ in range(expanded_gib * 1024):
+            f.write(member)
+    return path.stat().st_size
+
+
 def peak_rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -57,12 +74,19 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--bomb-gib", type=int, default=0,
+                        help="send a .csv.gz expanding to this many GiB instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        csv_path = Path(tmp) / "big.csv"
         t0 = time.perf_counter()
-        size = generate_csv(csv_path, args.size_mb << 20)
-        print(f"generated {size / 1e6:,.0f} MB CSV in {time.perf_counter() - t0:.1f} s")
+        if args.bomb_gib:
+            csv_path = Path(tmp) / "bomb.csv.gz"
+            size = generate_bomb(csv_path, args.bomb_gib)
+            print(f"generated a {size / 1e6:,.1f} MB .csv.gz expanding to {args.bomb_gib} GiB")
+        else:
+            csv_path = Path(tmp) / "big.csv"
+            size = generate_csv(csv_path, args.size_mb << 20)
+            print(f"generated {size / 1e6:,.0f} MB CSV in {time.perf_counter() - t0:.1f} s")
         port = free_port()
         env = {**os.environ, "TABXAI_DATA_DIR": str(Path(tmp) / "data"),
                "TABXAI_PORT": str(port), "TABXAI_WORKERS": "0"}
@@ -78,10 +102,18 @@ def main() -> None:
                     time.sleep(0.1)
             idle_rss = peak_rss_bytes(server.pid)
             t0 = time.perf_counter()
+            target = "b" if args.bomb_gib else "y"
             with csv_path.open("rb") as f:
-                response = httpx.post(f"{base}/v1/datasets?target=y", content=f,
+                response = httpx.post(f"{base}/v1/datasets?target={target}", content=f,
                                       headers={"content-type": "text/csv"}, timeout=3600)
             elapsed = time.perf_counter() - t0
+            if args.bomb_gib:
+                problem = response.json()
+                print(f"answered {response.status_code} {problem.get('code')} after "
+                      f"{elapsed:.1f} s: {problem.get('detail')}")
+                print(f"server peak RSS: {peak_rss_bytes(server.pid) / 2**20:,.0f} MiB "
+                      f"(idle {idle_rss / 2**20:,.0f} MiB)")
+                return
             response.raise_for_status()
             rss = peak_rss_bytes(server.pid)
             print(f"rows: {response.json()['n_rows']:,}")
