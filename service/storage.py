@@ -8,6 +8,7 @@ file object that fetches one chunk at a time in short transactions of its own.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,16 +25,24 @@ from service.tables import Blob, BlobChunk
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
-def store_file(session: Session, path: Path, *, sha256: str, chunk_bytes: int = CHUNK_BYTES
-               ) -> Blob:
-    """Store the file at ``path`` as a new blob inside the session's transaction."""
+def store_file(session: Session, path: Path, *, sha256: str | None = None,
+               chunk_bytes: int = CHUNK_BYTES) -> Blob:
+    """Store the file at ``path`` as a new blob inside the session's transaction; its
+    SHA-256 is computed on the way when the caller does not already know it."""
+    digest = hashlib.sha256() if sha256 is None else None
 
     def chunks() -> Iterator[bytes]:
         with path.open("rb") as f:
             while data := f.read(chunk_bytes):
+                if digest is not None:
+                    digest.update(data)
                 yield data
 
-    return store_chunks(session, chunks(), sha256=sha256)
+    blob = store_chunks(session, chunks(), sha256=sha256 or "")
+    if digest is not None:
+        blob.sha256 = digest.hexdigest()
+        session.flush()
+    return blob
 
 
 def store_chunks(session: Session, chunks: Iterable[bytes], *, sha256: str = "") -> Blob:

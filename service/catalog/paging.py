@@ -5,10 +5,10 @@ at upload and stored as a blob beside the uploaded file (which stays as it was s
 turns a page into a read of the footer and of the one or two row groups that hold it,
 whatever the offset: the last 100 rows of a 2,000,000-row CSV (186 MB) in 7 ms on
 SQLite and 33 ms on PostgreSQL, against 2.3 s and 3.5 s for the scan (bench.paging).
-Writing it costs the upload a second pass over the table: a 198 MB CSV took 18.1 s to
-upload against 10.6 s without (bench/upload.py). Jobs read a CSV dataset's copy too,
-with the column types the CSV reader gives (Parquet has no second-resolution
-timestamps, so the source schema travels in the file's metadata).
+A CSV's copy is written from the batches of the scan that inspects the upload, so
+making it costs no second parse. Jobs read a CSV dataset's copy too, with the column
+types the CSV reader gives (Parquet has no second-resolution timestamps, so the source
+schema travels in the file's metadata).
 
 Writing streams the table one block at a time: memory holds one row group at most.
 """
@@ -16,7 +16,6 @@ Writing streams the table one block at a time: memory holds one row group at mos
 from __future__ import annotations
 
 import base64
-import itertools
 from pathlib import Path
 
 import pyarrow as pa
@@ -52,36 +51,86 @@ def needs_paging_copy(path: Path, info: TableInfo) -> bool:
     )
 
 
+class PagingCopyWriter:
+    """Writes record batches to ``dest`` as Parquet, in row groups of at most
+    ``max_group_rows`` rows and about :data:`ROW_GROUP_BYTES` bytes; memory holds one
+    row group at most.
+
+    A CSV upload's copy is written from the batches of the scan that inspects it (see
+    ``inspect_table``'s ``sink``), so the table is parsed once. When that scan meets a
+    late value that widens a column it reads the file again, and calls :meth:`restart`:
+    what was written is dropped and the copy begins anew with the wider types.
+    """
+
+    def __init__(self, dest: Path, *, max_group_rows: int = ROW_GROUP_ROWS) -> None:
+        self.dest = dest
+        self._max_group_rows = max_group_rows
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._group_rows = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+
+    def restart(self) -> None:
+        self.discard()
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            self._schema = batch.schema
+            self._group_rows = _group_rows(batch, self._max_group_rows)
+            metadata = {_SOURCE_SCHEMA:
+                        base64.b64encode(self._schema.remove_metadata().serialize())}
+            self._writer = pq.ParquetWriter(self.dest, self._schema.with_metadata(metadata),
+                                            write_statistics=False, compression="snappy")
+        assert self._schema is not None
+        if batch.schema != self._schema:
+            batch = batch.cast(self._schema)
+        while batch.num_rows:
+            take = min(batch.num_rows, self._group_rows - self._pending_rows)
+            self._pending.append(batch.slice(0, take))
+            self._pending_rows += take
+            batch = batch.slice(take)
+            if self._pending_rows == self._group_rows:
+                self._flush()
+
+    def close(self) -> bool:
+        """Finish the file; whether it holds any row (no file is left when not)."""
+        if self._writer is None:
+            return False
+        self._flush()
+        self._writer.close()
+        self._writer = None
+        return True
+
+    def discard(self) -> None:
+        """Drop whatever was written; the writer can start again."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._schema = None
+        self._pending, self._pending_rows = [], 0
+        self.dest.unlink(missing_ok=True)
+
+    def _flush(self) -> None:
+        if self._pending_rows and self._writer is not None:
+            self._writer.write_table(pa.Table.from_batches(self._pending, self._schema),
+                                     row_group_size=self._group_rows)
+        self._pending, self._pending_rows = [], 0
+
+
 def write_paging_copy(path: Path, info: TableInfo, dest: Path, *,
                       max_group_rows: int = ROW_GROUP_ROWS) -> None:
     """Write the table at ``path`` to ``dest`` as Parquet, in row groups of at most
     ``max_group_rows`` rows and about :data:`ROW_GROUP_BYTES` bytes."""
-    batches = iter_batches(path, info, batch_rows=ROW_GROUP_ROWS)
-    first = next(batches, None)
-    if first is None:
+    writer = PagingCopyWriter(dest, max_group_rows=max_group_rows)
+    try:
+        for batch in iter_batches(path, info, batch_rows=ROW_GROUP_ROWS):
+            writer.write(batch)
+    except BaseException:
+        writer.discard()
+        raise
+    if not writer.close():
         raise ValueError("an empty table has no paging copy; check needs_paging_copy first")
-    schema = first.schema
-    group_rows = _group_rows(first, max_group_rows)
-    metadata = {_SOURCE_SCHEMA: base64.b64encode(schema.remove_metadata().serialize())}
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
-    with pq.ParquetWriter(dest, schema.with_metadata(metadata), write_statistics=False,
-                          compression="snappy") as writer:
-        for batch in itertools.chain([first], batches):
-            if batch.schema != schema:
-                batch = batch.cast(schema)
-            while batch.num_rows:
-                take = min(batch.num_rows, group_rows - pending_rows)
-                pending.append(batch.slice(0, take))
-                pending_rows += take
-                batch = batch.slice(take)
-                if pending_rows == group_rows:
-                    writer.write_table(pa.Table.from_batches(pending, schema),
-                                       row_group_size=group_rows)
-                    pending, pending_rows = [], 0
-        if pending_rows:
-            writer.write_table(pa.Table.from_batches(pending, schema),
-                               row_group_size=group_rows)
 
 
 def paging_info(info: TableInfo) -> TableInfo:

@@ -7,7 +7,6 @@ upload leaves neither a row nor a chunk behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session
 from models.inspection import ModelInfo, inspect_model
 from service.catalog.paging import (
     COPY_CHUNK_BYTES,
+    PagingCopyWriter,
     needs_paging_copy,
     paging_info,
     write_paging_copy,
@@ -57,27 +57,29 @@ def create_dataset(session: Session, settings: Settings, workspace_id: str,
         raise Unprocessable("The file is empty; upload a CSV with a header row and data.",
                             code="empty_table")
     table_format = resolve_format(fmt, upload.content_type, upload.path, upload.filename)
-    info = inspect_table(upload.path, table_format, max_bytes=settings.table_bytes_limit,
-                         max_rows=settings.max_table_rows)
-    names = [c.name for c in info.columns]
-    if target is not None and target not in names:
-        raise Unprocessable(
-            f"The target column '{target}' is not in the table; its columns are: "
-            f"{_clip(names)}.", code="unknown_target",
-        )
-    # Written before anything is stored, and stored in the same transaction as the
-    # upload: a table that cannot be copied leaves nothing behind.
-    copy_path = upload.path.with_name(upload.path.name + ".paging.parquet")
-    paging_blob_id = None
+    # The copy is written before anything is stored (a CSV's from the inspecting scan
+    # itself), and stored in the same transaction as the upload: a table that cannot be
+    # read or copied leaves nothing behind.
+    copy = PagingCopyWriter(upload.path.with_name(upload.path.name + ".paging.parquet"))
     try:
-        if needs_paging_copy(upload.path, info):
-            _write_copy(upload.path, info, copy_path)
+        info = inspect_table(upload.path, table_format, max_bytes=settings.table_bytes_limit,
+                             max_rows=settings.max_table_rows,
+                             sink=copy if table_format == "csv" else None)
+        names = [c.name for c in info.columns]
+        if target is not None and target not in names:
+            raise Unprocessable(
+                f"The target column '{target}' is not in the table; its columns are: "
+                f"{_clip(names)}.", code="unknown_target",
+            )
+        copied = copy.close()
+        if not copied and needs_paging_copy(upload.path, info):
+            _write_copy(upload.path, info, copy.dest)
+            copied = True
         blob = store_file(session, upload.path, sha256=upload.sha256)
-        if copy_path.exists():
-            paging_blob_id = store_file(session, copy_path, sha256=_sha256(copy_path),
-                                        chunk_bytes=COPY_CHUNK_BYTES).id
+        paging_blob_id = (store_file(session, copy.dest, chunk_bytes=COPY_CHUNK_BYTES).id
+                          if copied else None)
     finally:
-        copy_path.unlink(missing_ok=True)
+        copy.discard()
     record = DatasetRecord(
         id=new_id("ds"), workspace_id=workspace_id,
         name=name or _stem(upload.filename) or "dataset", format=info.format,
@@ -252,14 +254,6 @@ def _write_copy(path: Path, info: TableInfo, dest: Path) -> None:
             "check that the file is complete and upload it again, or upload it as Parquet.",
             code="unreadable_table",
         ) from exc
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while data := f.read(1 << 20):
-            digest.update(data)
-    return digest.hexdigest()
 
 
 def _flag(text: str | None, field: str) -> bool:

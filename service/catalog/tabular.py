@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -106,14 +106,26 @@ def resolve_format(declared: str | None, content_type: str, path: Path,
     )
 
 
-def inspect_table(path: Path, fmt: TableFormat, *, max_bytes: int, max_rows: int
-                  ) -> TableInfo:
+class BatchSink(Protocol):
+    """Receives a CSV's record batches as the scan that inspects it reads them."""
+
+    def restart(self) -> None:
+        """The scan starts (again, after a late value widened a column): drop what came."""
+
+    def write(self, batch: pa.RecordBatch) -> None: ...
+
+
+def inspect_table(path: Path, fmt: TableFormat, *, max_bytes: int, max_rows: int,
+                  sink: BatchSink | None = None) -> TableInfo:
     """Rows, column types and missing counts, streaming. Refused (413, 422) as soon as the
-    table passes ``max_bytes`` once decompressed or ``max_rows``, not after."""
+    table passes ``max_bytes`` once decompressed or ``max_rows``, not after.
+
+    A CSV's batches, with the column types the returned info fixes, also go to ``sink``
+    (the last scan's, in order), so that a copy costs no second parse."""
     limits = TableLimits(max_bytes, max_rows)
     if fmt == "parquet":
         return _inspect_parquet(path, limits)
-    return _inspect_csv(path, limits)
+    return _inspect_csv(path, limits, sink)
 
 
 def read_table(path: Path | IO[bytes], info: TableInfo) -> pa.Table:
@@ -245,7 +257,7 @@ def _nan_count(col: pa.Array) -> int:
 
 # -- CSV -----------------------------------------------------------------------------
 
-def _inspect_csv(path: Path, limits: TableLimits) -> TableInfo:
+def _inspect_csv(path: Path, limits: TableLimits, sink: BatchSink | None) -> TableInfo:
     with path.open("rb") as f:
         magic = f.read(2)
     compression = "gzip" if magic == b"\x1f\x8b" else None
@@ -261,7 +273,7 @@ def _inspect_csv(path: Path, limits: TableLimits) -> TableInfo:
                       None if block == BLOCK_BYTES else block)
     while True:
         try:
-            return _scan_csv(path, probe, limits)
+            return _scan_csv(path, probe, limits, sink)
         except _LateValue as late:
             widened = _widen(path, probe, late, limits)
             if widened == (probe.column_types or {}):
@@ -269,14 +281,21 @@ def _inspect_csv(path: Path, limits: TableLimits) -> TableInfo:
             probe = replace(probe, column_types=widened)
 
 
-def _scan_csv(path: Path, probe: TableInfo, limits: TableLimits) -> TableInfo:
+def _scan_csv(path: Path, probe: TableInfo, limits: TableLimits, sink: BatchSink | None
+              ) -> TableInfo:
     n_rows = 0
     missing: list[int] = []
     schema = None
+    stored: pa.Schema | None = None  # the types a later read gets from the returned info
+    if sink is not None:
+        sink.restart()
     for batch in _checked_batches(path, probe, limits):
         if schema is None:
             schema = batch.schema
             missing = [0] * len(schema)
+            stored = pa.schema([pa.field(f.name, _arrow_type(str(f.type))) for f in schema])
+        if sink is not None:
+            sink.write(batch if batch.schema == stored else batch.cast(stored))
         n_rows += batch.num_rows
         for i, col in enumerate(batch.columns):
             missing[i] += col.null_count + _nan_count(col)

@@ -402,3 +402,28 @@ def test_permutation_job_on_a_parquet_dataset_larger_than_one_chunk(
     for j, name in enumerate(FEATURE_NAMES):
         np.testing.assert_allclose(by_name[name]["values"], reference.importances[j],
                                    atol=1e-9)
+
+
+def test_a_copy_written_while_columns_widen_has_the_wider_types(
+        worker_client: TestClient, db: Database, tmp_path: Path) -> None:
+    """The copy comes from the inspecting scan; a late value past the first block makes
+    the scan start again with wider types, and the copy with it."""
+    client = worker_client
+    n = 200_000
+    lines = ["i,x,s,e"] + [f"{k},{k % 11},{k % 13},{'' if k % 2 else k}" for k in range(n)]
+    lines[n - 5] = f"{n - 6},1.5,abc,"  # int -> double, int -> string, past the first block
+    body = ("\n".join(lines) + "\n").encode()
+    assert len(body) > 2 * BLOCK_BYTES
+    dataset_id = client.post("/v1/datasets", files={"file": ("w.csv", body)}).json()["id"]
+    record = _record(db, dataset_id)
+    info = table_info(record)
+    assert info.column_types is not None
+    assert (info.column_types["x"], info.column_types["s"]) == ("double", "string")
+    source = tmp_path / "w.csv"
+    source.write_bytes(body)
+    expected = read_table(source, info)
+    from_copy = _dump_job(client, db, dataset_id, tmp_path / "copy.arrow")
+    assert from_copy.schema.equals(expected.schema)
+    assert from_copy.equals(expected)
+    page = client.get(f"/v1/datasets/{dataset_id}/rows?offset={n - 6}&limit=3").json()
+    assert page["rows"][0][1:3] == [1.5, "abc"]
