@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,22 +90,37 @@ def read_chunk(session: Session, blob_id: str, seq: int) -> bytes:
 
 
 class BlobReader(io.RawIOBase):
-    """A read-only, seekable file over a blob; holds at most one chunk in memory."""
+    """A read-only, seekable file over a blob; holds at most one chunk in memory.
 
-    def __init__(self, db: Database, blob_id: str) -> None:
+    Given the :class:`Database`, each chunk is fetched in a short transaction of its own
+    (a reader may outlive a request); given a :class:`Session`, through that session (a
+    check inside the request's own transaction). ``bytes_read`` counts what was read."""
+
+    def __init__(self, source: Database | Session, blob_id: str) -> None:
         super().__init__()
-        with db.session(readonly=True) as session:
+        self._db = source if isinstance(source, Database) else None
+        self._session = source if isinstance(source, Session) else None
+        with self._reading() as session:
             blob = session.get(Blob, blob_id)
             if blob is None:
                 raise NotFound(f"Blob {blob_id} does not exist.")
             self.size = blob.size_bytes
             self.n_chunks = blob.n_chunks
             self.chunk_bytes = blob.chunk_bytes
-        self._db = db
         self._blob_id = blob_id
         self._pos = 0
         self._chunk = b""
         self._chunk_start = 0
+        self.bytes_read = 0
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        if self._session is not None:
+            yield self._session
+            return
+        assert self._db is not None
+        with self._db.session(readonly=True) as session:
+            yield session
 
     def readable(self) -> bool:
         return True
@@ -152,11 +168,12 @@ class BlobReader(io.RawIOBase):
             view[filled:filled + n] = self._chunk[start:start + n]
             filled += n
             self._pos += n
+        self.bytes_read += filled
         return filled
 
     def _load_chunk_at(self, pos: int) -> None:
         seq = min(pos // self.chunk_bytes, self.n_chunks - 1)
-        with self._db.session(readonly=True) as session:
+        with self._reading() as session:
             chunk = read_chunk(session, self._blob_id, seq)
         start = seq * self.chunk_bytes
         if not start <= pos < start + len(chunk):

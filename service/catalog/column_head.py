@@ -8,7 +8,6 @@ groups, from CSV the first blocks (every column is tokenized, only this one conv
 from __future__ import annotations
 
 import gzip
-import io
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -18,9 +17,7 @@ from sqlalchemy.orm import Session
 from service.catalog.service import table_info
 from service.catalog.tables import DatasetRecord
 from service.catalog.tabular import BLOCK_BYTES, _arrow_type
-from service.errors import NotFound
-from service.storage import read_chunk
-from service.tables import Blob
+from service.storage import BlobReader
 
 # Bytes of the stored file read at most (about: whole blocks), whatever the rows: a wide
 # CSV has few rows per MB, and every column of a CSV row is tokenized.
@@ -32,7 +29,7 @@ def read_column_head(session: Session, record: DatasetRecord, column: str,
     """The first values of ``column`` in file order: ``max_rows`` of them, or fewer when
     that many take more than ``max_bytes`` of the stored file (at least one batch)."""
     info = table_info(record)
-    source = _SessionBlob(session, record.blob_id)
+    source = BlobReader(session, record.blob_id)
     batches: list[pa.Array] = []
     n = 0
     if info.format == "parquet":
@@ -55,51 +52,3 @@ def read_column_head(session: Session, record: DatasetRecord, column: str,
     if not batches:
         return pa.chunked_array([], type=pa.null())
     return pa.chunked_array(batches).slice(0, max_rows)
-
-
-class _SessionBlob(io.RawIOBase):
-    """A read-only, seekable file over a blob, read through the request's own session
-    (one chunk in memory at a time)."""
-
-    def __init__(self, session: Session, blob_id: str) -> None:
-        super().__init__()
-        blob = session.get(Blob, blob_id)
-        if blob is None:
-            raise NotFound(f"Blob {blob_id} does not exist.")
-        self.size = blob.size_bytes
-        self._n_chunks = blob.n_chunks
-        self._chunk_bytes = blob.chunk_bytes
-        self._session = session
-        self._blob_id = blob_id
-        self._pos = 0
-        self.bytes_read = 0
-        self._chunk = b""
-        self._chunk_start = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._pos >= self.size:
-            return 0
-        if not self._chunk_start <= self._pos < self._chunk_start + len(self._chunk):
-            seq = min(self._pos // self._chunk_bytes, self._n_chunks - 1)
-            self._chunk = read_chunk(self._session, self._blob_id, seq)
-            self._chunk_start = seq * self._chunk_bytes
-        start = self._pos - self._chunk_start
-        n = min(len(buffer), len(self._chunk) - start)
-        buffer[:n] = self._chunk[start:start + n]
-        self._pos += n
-        self.bytes_read += n
-        return n

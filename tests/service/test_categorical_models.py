@@ -6,7 +6,6 @@ whose numbers equal the libraries' own on a DataFrame of the same rows.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,11 @@ from fastapi.testclient import TestClient
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import log_loss
 
-from service.config import Settings
 from service.db import Database
 from tests.models.test_sklearn_inputs import one_hot_pipeline, text_frame
 from tests.models.test_sklearn_inputs import target as sklearn_target
 from tests.models.test_xgboost_categories import categorical_frame, categorical_targets, train
-from tests.service.jobs_testkinds import fast_settings, running_worker, wait_final
-
-
-@pytest.fixture
-def worker_client(db: Database, settings: Settings, make_client: Any
-                  ) -> Iterator[tuple[TestClient, Database]]:
-    fast = fast_settings(settings)
-    with running_worker(db, fast):
-        yield make_client(**{k: getattr(fast, k) for k in ("lease_seconds",
-                                                           "heartbeat_seconds",
-                                                           "poll_seconds")}), db
+from tests.service.jobs_testkinds import wait_final
 
 
 def _upload_csv(client: TestClient, frame: pd.DataFrame) -> dict[str, Any]:

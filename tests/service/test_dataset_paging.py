@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from service.storage import CHUNK_BYTES, BlobReader, delete_blob, store_file
 from service.tables import Blob, BlobChunk, Workspace
 from service.uploads import ReceivedUpload
 from tests.model_files import FEATURE_NAMES, SavedModel, make_data
-from tests.service.jobs_testkinds import fast_settings, post_job, running_worker, wait_final
+from tests.service.jobs_testkinds import post_job, wait_final
 
 
 def _stored(db: Database, tmp_path: Path, data: bytes, chunk_bytes: int) -> str:
@@ -308,16 +307,6 @@ register_kind(JobKind(name="test_dump_table", params_model=DumpParams, needs_mod
                       run=run_dump_table))
 
 
-@pytest.fixture
-def worker_client(db: Database, settings: Settings, make_client: Any
-                  ) -> Iterator[TestClient]:
-    fast = fast_settings(settings)
-    with running_worker(db, fast):
-        yield make_client(**{k: getattr(fast, k) for k in ("lease_seconds",
-                                                           "heartbeat_seconds",
-                                                           "poll_seconds")})
-
-
 def _mixed_csv(n: int) -> bytes:
     """Every column type the CSV reader gives, with missing values, over many blocks."""
     lines = ["i,f,b,s,ts,d,e"]
@@ -340,8 +329,8 @@ def _dump_job(client: TestClient, db: Database, dataset_id: str, out: Path) -> p
 
 
 def test_jobs_read_the_copy_with_the_values_and_types_of_the_csv(
-        worker_client: TestClient, db: Database, tmp_path: Path) -> None:
-    client = worker_client
+        worker_client: tuple[TestClient, Database], db: Database, tmp_path: Path) -> None:
+    client, _ = worker_client
     body = _mixed_csv(80_000)
     assert len(body) > 3 * BLOCK_BYTES
     dataset_id = client.post("/v1/datasets", files={"file": ("m.csv", body)}).json()["id"]
@@ -375,11 +364,11 @@ def test_jobs_read_the_copy_with_the_values_and_types_of_the_csv(
 
 
 def test_permutation_job_on_a_parquet_dataset_larger_than_one_chunk(
-        worker_client: TestClient, db: Database,
+        worker_client: tuple[TestClient, Database], db: Database,
         saved_models: dict[str, SavedModel]) -> None:
     from sklearn.inspection import permutation_importance
 
-    client = worker_client
+    client, _ = worker_client
     X, y = make_data(n=120_000)
     frame = pd.DataFrame(X, columns=FEATURE_NAMES)
     frame["y"] = y["regression"]
@@ -405,10 +394,10 @@ def test_permutation_job_on_a_parquet_dataset_larger_than_one_chunk(
 
 
 def test_a_copy_written_while_columns_widen_has_the_wider_types(
-        worker_client: TestClient, db: Database, tmp_path: Path) -> None:
+        worker_client: tuple[TestClient, Database], db: Database, tmp_path: Path) -> None:
     """The copy comes from the inspecting scan; a late value past the first block makes
     the scan start again with wider types, and the copy with it."""
-    client = worker_client
+    client, _ = worker_client
     n = 200_000
     lines = ["i,x,s,e"] + [f"{k},{k % 11},{k % 13},{'' if k % 2 else k}" for k in range(n)]
     lines[n - 5] = f"{n - 6},1.5,abc,"  # int -> double, int -> string, past the first block

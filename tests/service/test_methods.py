@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,16 +21,6 @@ from service.db import Database
 from tests.model_files import FEATURE_NAMES, SavedModel, make_data
 from tests.service.jobs_testkinds import fast_settings, running_worker, wait_final
 from tests.service.test_datasets import assert_problem
-
-
-@pytest.fixture
-def worker_client(db: Database, settings: Settings, make_client: Any
-                  ) -> Iterator[tuple[TestClient, Database]]:
-    fast = fast_settings(settings)
-    with running_worker(db, fast):
-        yield make_client(**{k: getattr(fast, k) for k in ("lease_seconds",
-                                                           "heartbeat_seconds",
-                                                           "poll_seconds")}), db
 
 
 def _dataset(client: TestClient, target: str = "regression", n: int = 240) -> str:
