@@ -22,7 +22,7 @@ from service.catalog.tables import DatasetRecord
 from service.db import Database
 from tests.model_files import FEATURE_NAMES, SavedModel, make_data
 from tests.service.test_datasets import assert_problem
-from tests.service.test_methods import _model, _npy, _run, worker_client  # noqa: F401
+from tests.service.test_methods import _model, _npy, _run
 
 YES_NO = np.array(["no", "yes"])
 
@@ -68,7 +68,7 @@ def test_string_labels_against_numeric_classes_are_422_before_queueing(
 
 
 def test_label_map_scores_the_mapped_labels_as_scikit_learn_does(
-        worker_client: tuple[TestClient, Database],  # noqa: F811
+        worker_client: tuple[TestClient, Database],
         saved_models: dict[str, SavedModel]) -> None:
     from sklearn.inspection import permutation_importance
 
@@ -89,7 +89,7 @@ def test_label_map_scores_the_mapped_labels_as_scikit_learn_does(
 
 
 def test_label_map_for_rashomon_equals_the_job_on_class_labels(
-        worker_client: tuple[TestClient, Database],  # noqa: F811
+        worker_client: tuple[TestClient, Database],
         saved_models: dict[str, SavedModel]) -> None:
     client, db = worker_client
     model_id = _model(client, saved_models["xgboost_binary_json"])
@@ -190,7 +190,7 @@ def test_the_target_is_read_only_as_far_as_the_caps(client: TestClient, db: Data
 
 
 
-def test_text_classes_and_a_bool_target(worker_client: tuple[TestClient, Database],  # noqa: F811
+def test_text_classes_and_a_bool_target(worker_client: tuple[TestClient, Database],
                                         tmp_path: Path) -> None:
     """A model trained on "neg"/"pos" and a True/False column: keys "false"/"true"."""
     import skops.io

@@ -7,11 +7,11 @@ from fastapi.testclient import TestClient
 
 from service.db import Database
 from tests.model_files import SavedModel
-from tests.service.test_methods import _dataset, _model, _npy, _run, worker_client  # noqa: F401
+from tests.service.test_methods import _dataset, _model, _npy, _run
 
 
 def test_mixed_groups_equal_the_all_lists_form(
-        worker_client: tuple[TestClient, Database],  # noqa: F811
+        worker_client: tuple[TestClient, Database],
         saved_models: dict[str, SavedModel]) -> None:
     client, db = worker_client
     dataset_id = _dataset(client)

@@ -11,9 +11,7 @@ from fastapi.testclient import TestClient
 from service.db import Database
 from tests.model_files import SavedModel
 from tests.service.jobs_testkinds import post_job, upload_dataset, wait_for
-from tests.service.test_methods import _dataset, _model, worker_client
-
-__all__ = ["worker_client"]
+from tests.service.test_methods import _dataset, _model
 
 # Four stages (reference, search, main effects, interactions) of about 3 s in all with a
 # random forest, whose every predict call takes milliseconds: the events see most.

@@ -14,9 +14,6 @@ from service.db import Database
 from service.results.endpoints import MAX_PAGE_VALUES
 from tests.service.jobs_testkinds import post_job, upload_dataset, wait_final
 from tests.service.test_datasets import assert_problem
-from tests.service.test_methods import worker_client
-
-__all__ = ["worker_client"]
 
 WIDE_FEATURES = 101  # one more than a summary inlines interactions for
 

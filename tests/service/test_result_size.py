@@ -15,9 +15,7 @@ from service.tables import Blob
 from tests.model_files import SavedModel
 from tests.service.jobs_testkinds import wait_final
 from tests.service.test_datasets import assert_problem
-from tests.service.test_methods import RASHOMON_SMALL, _dataset, _model, worker_client
-
-__all__ = ["worker_client"]
+from tests.service.test_methods import RASHOMON_SMALL, _dataset, _model
 
 
 def _stored_bytes(db: Database, job_id: str) -> int:

@@ -14,9 +14,7 @@ from fastapi.testclient import TestClient
 from service.db import Database
 from tests.model_files import FEATURE_NAMES, SavedModel
 from tests.service.jobs_testkinds import wait_final
-from tests.service.test_methods import RASHOMON_SMALL, _dataset, _model, worker_client
-
-__all__ = ["worker_client"]
+from tests.service.test_methods import RASHOMON_SMALL, _dataset, _model
 
 # Axes whose entries are rows of the data or steps of a search: positions, not names.
 UNLABELLED = {"row", "step"}
