@@ -84,6 +84,9 @@ def check_compatible(
         message = "The dataset does not fit the model: " + "; ".join(parts) + "."
         if extra:
             message += f" Columns the model does not use: {', '.join(extra)}."
+        if clashes:
+            message += (" The model takes numbers: write those columns as numbers (a date or "
+                        "time, say, as seconds since 1970), then upload the table again.")
         raise FeatureMismatch(message, missing=missing, extra=extra, type_clashes=clashes)
     return chosen
 

@@ -434,6 +434,8 @@ def _arrow_type(name: str) -> pa.DataType:
     """
     if name.startswith("timestamp"):
         return pa.timestamp(name[name.index("[") + 1:name.index("]")].split(",")[0])
+    if name.startswith(("time32[", "time64[")):
+        return pa.type_for_alias(name)
     return {"int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_(),
             "string": pa.string(), "null": pa.float64(), "date32[day]": pa.date32()}.get(
         name, pa.string())

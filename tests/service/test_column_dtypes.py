@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from service.db import Database
 from tests.model_files import FEATURE_NAMES, SavedModel, make_data
 from tests.service.jobs_testkinds import wait_final
+from tests.service.test_datasets import assert_problem
 from tests.service.test_methods import _model
 
 
@@ -56,4 +57,18 @@ def test_an_all_empty_feature_column_runs_as_missing_values(
     row = wait_final(db, r.json()["id"], timeout=180)
     job = client.get(f"/v1/jobs/{row.id}").json()
     assert row.status == "succeeded", job.get("error")
+
+
+def test_date_and_time_feature_columns_are_refused_when_the_job_is_posted(
+        client: TestClient, saved_models: dict[str, SavedModel]) -> None:
+    model_id = _model(client, saved_models["xgboost_regression_json"])
+    for values in (["2024-01-02"] * 6, ["2024-01-02 10:30:00"] * 6, ["12:30:00"] * 6):
+        dataset = _upload(client, _frame_with(values))
+        assert dataset["f4"] == "datetime", values
+        body = assert_problem(client.post("/v1/jobs", json={
+            "kind": "tree_shap", "model_id": model_id, "dataset_id": dataset["id"]}),
+            422, "feature_mismatch")
+        assert "f4 (datetime" in body["detail"], body["detail"]
+        assert "upload the table again" in body["detail"], body["detail"]
+    assert client.get("/v1/jobs").json()["items"] == []
 
