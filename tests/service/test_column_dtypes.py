@@ -72,3 +72,16 @@ def test_date_and_time_feature_columns_are_refused_when_the_job_is_posted(
         assert "upload the table again" in body["detail"], body["detail"]
     assert client.get("/v1/jobs").json()["items"] == []
 
+
+def test_model_free_feature_vectors_takes_an_empty_column_as_missing_values(
+        worker_client: tuple[TestClient, Database]) -> None:
+    client, db = worker_client
+    dataset = _upload(client, _frame_with([""] * 60), "parquet")
+    assert dataset["f4"] == "float"
+    r = client.post("/v1/jobs", json={"kind": "feature_vectors", "dataset_id": dataset["id"]})
+    assert r.status_code == 202, r.text
+    row = wait_final(db, r.json()["id"], timeout=180)
+    job = client.get(f"/v1/jobs/{row.id}").json()
+    assert row.status == "succeeded", job.get("error")
+    summary = client.get(f"/v1/jobs/{row.id}/result").json()
+    assert {f["feature"] for f in summary["features"]} == set(FEATURE_NAMES)
