@@ -19,16 +19,15 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from models.dtypes import DTYPES, NUMERIC_DTYPES, dtype_of, input_clash
 from models.errors import FeatureMismatch, FeatureNamesRequired, TargetMismatch
 from models.inspection import ModelInfo
 
-__all__ = ["check_compatible", "build_matrix", "target_vector", "DTYPES", "POSITION_OPT_IN_FORMATS"]
+__all__ = ["check_compatible", "build_matrix", "target_vector", "POSITION_OPT_IN_FORMATS"]
 
-DTYPES = ("float", "int", "bool", "category", "string", "datetime")
 POSITION_OPT_IN_FORMATS = ("onnx",)
 """Formats whose models, when they have no feature names, are matched to a dataset by
 position only if uploaded with ``by_position`` (``details["columns_by_position"]``)."""
-_NUMERIC = ("float", "int", "bool")
 
 
 def check_compatible(
@@ -36,7 +35,7 @@ def check_compatible(
 ) -> list[str]:
     """Return the dataset column names that feed the model, in the model's column order.
 
-    columns: (name, dtype) of each dataset column, dtype one of DTYPES.
+    columns: (name, dtype) of each dataset column, dtype one of models.dtypes.DTYPES.
     target: the dataset's target column, never used as a feature.
 
     Raises FeatureMismatch naming missing columns and type clashes (a string or category
@@ -71,11 +70,9 @@ def check_compatible(
     keys = chosen if info.feature_names is not None else [str(i) for i in range(len(chosen))]
     clashes = []
     for key, name in zip(keys, chosen, strict=True):
-        dtype = dtypes[name]
-        if dtype == "datetime":
-            clashes.append(f"{name} (datetime; the model expects a number)")
-        elif dtype in ("string", "category") and key not in info.categories:
-            clashes.append(f"{name} ({dtype}; the model expects a number)")
+        clash = input_clash(dtypes[name], has_categories=key in info.categories)
+        if clash is not None:
+            clashes.append(f"{name} ({clash})")
     if missing or clashes:
         used = set(chosen)
         extra = [name for name, _ in available if name not in used]
@@ -87,6 +84,9 @@ def check_compatible(
         message = "The dataset does not fit the model: " + "; ".join(parts) + "."
         if extra:
             message += f" Columns the model does not use: {', '.join(extra)}."
+        if clashes:
+            message += (" The model takes numbers: write those columns as numbers (a date or "
+                        "time, say, as seconds since 1970), then upload the table again.")
         raise FeatureMismatch(message, missing=missing, extra=extra, type_clashes=clashes)
     return chosen
 
@@ -104,7 +104,7 @@ def build_matrix(
     FeatureMismatch naming the values, as XGBoost raises on such a DataFrame. Raises
     FeatureMismatch as check_compatible does.
     """
-    columns = [(name, _arrow_dtype(table.schema.field(name).type)) for name in table.column_names]
+    columns = [(name, dtype_of(table.schema.field(name).type)) for name in table.column_names]
     chosen = check_compatible(columns, info, target=target)
     refuse_unseen = info.details.get("unseen_categories") == "error"
     out = np.empty((table.num_rows, info.n_features), dtype=np.float64)
@@ -140,7 +140,7 @@ def target_vector(table: pa.Table, target: str, info: ModelInfo) -> npt.NDArray[
         raise TargetMismatch(f"The dataset has no target column {target!r}.")
     column = table.column(target)
     if info.task == "regression":
-        if _arrow_dtype(column.type) not in _NUMERIC:
+        if dtype_of(column.type) not in NUMERIC_DTYPES:
             raise TargetMismatch(
                 f"The target column {target!r} is not numeric; the model is a regression model."
             )
@@ -163,20 +163,6 @@ def target_vector(table: pa.Table, target: str, info: ModelInfo) -> npt.NDArray[
             f"the model ({', '.join(shown)}); the model's classes are {classes}."
         )
     return codes
-
-
-def _arrow_dtype(arrow_type: pa.DataType) -> str:
-    if pa.types.is_boolean(arrow_type):
-        return "bool"
-    if pa.types.is_integer(arrow_type):
-        return "int"
-    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
-        return "float"
-    if pa.types.is_dictionary(arrow_type):
-        return "category"
-    if pa.types.is_temporal(arrow_type):
-        return "datetime"
-    return "string"
 
 
 def _to_float(column: pa.ChunkedArray) -> npt.NDArray[np.float64]:

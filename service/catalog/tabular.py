@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from models.dtypes import dtype_of
 from service.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 TableFormat = Literal["csv", "parquet"]
@@ -192,21 +193,6 @@ def _json_column(col: pa.ChunkedArray) -> list[Any]:
         else:
             out.append(value)
     return out
-
-
-def dtype_of(arrow_type: pa.DataType) -> str:
-    if pa.types.is_boolean(arrow_type):
-        return "bool"
-    if pa.types.is_integer(arrow_type):
-        return "int"
-    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type) \
-            or pa.types.is_null(arrow_type):
-        return "float"
-    if pa.types.is_dictionary(arrow_type):
-        return "category"
-    if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
-        return "datetime"
-    return "string"
 
 
 # -- Parquet -------------------------------------------------------------------------
@@ -441,10 +427,17 @@ def _open_reader(stream: pa.NativeFile, info: TableInfo) -> pacsv.CSVStreamingRe
 
 
 def _arrow_type(name: str) -> pa.DataType:
+    """The type a later read gives a column the scan inferred as ``name``.
+
+    It has the dtype the upload reported (models.dtypes.dtype_of): a column of nulls
+    only is read as double, missing numbers, not as text a job would refuse.
+    """
     if name.startswith("timestamp"):
         return pa.timestamp(name[name.index("[") + 1:name.index("]")].split(",")[0])
+    if name.startswith(("time32[", "time64[")):
+        return pa.type_for_alias(name)
     return {"int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_(),
-            "string": pa.string(), "null": pa.string(), "date32[day]": pa.date32()}.get(
+            "string": pa.string(), "null": pa.float64(), "date32[day]": pa.date32()}.get(
         name, pa.string())
 
 

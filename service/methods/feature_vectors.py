@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from explainers.feature_vectors import DegenerateInput, FeatureVectorsParams, feature_vectors
 from explainers.feature_vectors_figures import draw_feature_vectors, draw_importance
+from models.dtypes import NUMERIC_DTYPES, dtype_of
 from models.readers import read_ensemble
 from service.errors import Unprocessable
 from service.jobs.kinds import (
@@ -166,7 +167,8 @@ def _train_default_forest(ctx: RunContext[FeatureVectorsJobParams]
 
 def _encode(table: pa.Table, *, exclude: str
             ) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
-    """Numeric columns as they are (NaN for nulls); others one-hot, grouped back."""
+    """Numeric columns (models.dtypes.NUMERIC_DTYPES) as numbers, NaN for nulls; others
+    (string, category, datetime) one-hot, grouped back."""
     columns: list[np.ndarray] = []
     names: list[str] = []
     groups: dict[str, list[str]] = {}
@@ -174,8 +176,7 @@ def _encode(table: pa.Table, *, exclude: str
         if name == exclude:
             continue
         column = table.column(name)
-        kind = column.type
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        if dtype_of(column.type) in NUMERIC_DTYPES:
             columns.append(np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False),
                                       dtype=np.float64))
             names.append(name)

@@ -12,6 +12,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from models.dtypes import NUMERIC_DTYPES
 from models.errors import TargetMismatch
 from models.features import _label_key, build_matrix, check_compatible, target_vector
 from models.inspection import ModelInfo
@@ -27,7 +28,6 @@ _BLOCK_ROWS = 65_536
 # refused when the job runs (target_mismatch).
 LABEL_SAMPLE_ROWS = 100_000
 _LABELS_SHOWN = 10
-_NUMERIC_DTYPES = ("float", "int", "bool")
 
 LabelMap = dict[str, bool | int | float | str]
 """Dataset label -> the model's class it stands for, e.g. {"no": 0, "yes": 1}."""
@@ -79,7 +79,7 @@ def check_target(ctx: CheckContext[Any], label_map: Mapping[str, Any] | None = N
             raise Unprocessable("label_map says which class each label is, for a "
                                 "classifier; this is a regression model, so leave it out.",
                                 code="invalid_params")
-        if column.dtype not in _NUMERIC_DTYPES:
+        if column.dtype not in NUMERIC_DTYPES:
             raise TargetMismatch(
                 f"The target column {target!r} holds {column.dtype} values and the model is "
                 "a regression model, scored against numbers; upload the table with a "
