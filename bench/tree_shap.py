@@ -230,7 +230,7 @@ def _end_to_end(args: argparse.Namespace) -> None:
     import xgboost
     from sklearn.ensemble import RandomForestRegressor
 
-    from service.methods.inputs import sample_rows
+    from explainers.sampling import sample_rows
 
     names = [f"f{j}" for j in range(args.features)]
     X_train, y, X = _data(args)

@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from explainers.progress import ProgressCallback, no_progress
+from explainers.sampling import sample_rows
 
 __all__ = [
     "Task",
@@ -524,7 +525,7 @@ def rashomon_interactions(
         raise ValueError(f"y must have shape ({n_total},), got {y.shape}.")
     if n_total < 2:
         raise ValueError("At least 2 rows are needed to permute a feature.")
-    row_index = _sample_rows(n_total, params.max_rows, params.random_state)
+    row_index = sample_rows(n_total, params.max_rows, params.random_state)
     Xs = np.ascontiguousarray(X[row_index])
     ys = _prepare_target(y[row_index], task)
     loss_name = params.resolved_loss(task)
@@ -584,13 +585,6 @@ def rashomon_interactions(
         fis_masks=inter.masks, fis_losses=inter.losses, fis_joint_effects=inter.joint,
         fis_main_effects=inter.mains, fis_clouds=inter.fis, elapsed_s=timings,
     )
-
-
-def _sample_rows(n_total: int, max_rows: int, random_state: int) -> npt.NDArray[np.int64]:
-    if n_total <= max_rows:
-        return np.arange(n_total, dtype=np.int64)
-    rng = np.random.default_rng(random_state)
-    return np.sort(rng.choice(n_total, size=max_rows, replace=False)).astype(np.int64)
 
 
 def _prepare_target(y: np.ndarray, task: Task) -> np.ndarray:

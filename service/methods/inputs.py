@@ -12,6 +12,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from explainers.sampling import sample_rows as sample_rows  # re-exported for older callers
 from models.dtypes import NUMERIC_DTYPES
 from models.errors import TargetMismatch
 from models.features import _label_key, build_matrix, check_compatible, target_vector
@@ -172,14 +173,6 @@ def model_columns(ctx: CheckContext[Any] | RunContext[Any]) -> list[str]:
 def feature_names(model: ModelInfo, columns: list[str]) -> list[str]:
     """The names results use: the model's own, else the dataset columns matched to it."""
     return list(model.feature_names) if model.feature_names else list(columns)
-
-
-def sample_rows(n_rows: int, max_rows: int | None, random_state: int) -> npt.NDArray[np.int64]:
-    """Row indices, in file order: all rows, or a seeded sample of ``max_rows`` of them."""
-    if max_rows is None or max_rows >= n_rows:
-        return np.arange(n_rows, dtype=np.int64)
-    rng = np.random.default_rng(random_state)
-    return np.sort(rng.choice(n_rows, size=max_rows, replace=False)).astype(np.int64)
 
 
 def model_inputs(ctx: RunContext[Any], rows: npt.NDArray[np.int64] | None = None,

@@ -13,6 +13,7 @@ from explainers.permutation import (
     validate_permutation_params,
 )
 from explainers.permutation_figures import draw_importance
+from explainers.sampling import sample_rows
 from service.errors import Unprocessable
 from service.jobs.kinds import (
     Axis,
@@ -32,7 +33,6 @@ from service.methods.inputs import (
     provenance,
     require_model,
     rows_per_second,
-    sample_rows,
 )
 from service.results.arrays import result_size
 

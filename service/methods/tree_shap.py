@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from explainers.sampling import sample_rows
 from explainers.tree_shap import TreeShap, TreeShapSummary
 from explainers.tree_shap_figures import draw_importance, draw_interactions, draw_summary
 from service.errors import Unprocessable
@@ -26,7 +27,6 @@ from service.methods.inputs import (
     model_inputs,
     provenance,
     require_model,
-    sample_rows,
 )
 from service.results.arrays import result_size
 
