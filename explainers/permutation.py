@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -50,6 +49,7 @@ from sklearn.metrics import get_scorer, get_scorer_names
 from sklearn.utils.random import sample_without_replacement
 
 from explainers.progress import ProgressCallback, no_progress
+from models.versions import installed_versions
 
 __all__ = [
     "Predictor",
@@ -900,10 +900,5 @@ def _json_float(value: float) -> float | None:
 
 
 def _versions() -> dict[str, str]:
-    found = {}
-    for package in ("numpy", "scikit-learn", "xgboost", "lightgbm", "onnxruntime"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
+    found = installed_versions("numpy", "scikit-learn", "xgboost", "lightgbm", "onnxruntime")
+    return {name: v for name, v in found.items() if v is not None}

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import import_module, metadata
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +54,7 @@ from explainers.progress import Cancelled
 from models.errors import ModelError
 from models.inspection import ModelInfo
 from models.loaded import Device
+from models.versions import installed_versions
 from service.catalog.tables import DatasetRecord, ModelRecord
 from service.catalog.tabular import TableInfo
 from service.config import Settings
@@ -741,17 +742,11 @@ def _with_provenance(summary: dict[str, Any], spec: JobSpec, device_used: str
 
 @functools.cache
 def _versions() -> dict[str, str | None]:
-    # Reading package metadata scans sys.path (a tenth of a second): once per process,
-    # and once in the fork server for all job processes (see the end of this module).
-    import numpy
-    import pyarrow
-
-    try:
-        tabxai: str | None = metadata.version("tabxai")
-    except metadata.PackageNotFoundError:
-        tabxai = None
-    return {"tabxai": tabxai, "python": platform.python_version(),
-            "numpy": numpy.__version__, "pyarrow": pyarrow.__version__}
+    # Once per process, and once in the fork server for all job processes (see the end
+    # of this module).
+    found = installed_versions("tabxai", "numpy", "pyarrow")
+    return {"tabxai": found["tabxai"], "python": platform.python_version(),
+            "numpy": found["numpy"], "pyarrow": found["pyarrow"]}
 
 
 # -- processes, wake-up --------------------------------------------------------------

@@ -17,6 +17,7 @@ from models.dtypes import NUMERIC_DTYPES
 from models.errors import TargetMismatch
 from models.features import _label_key, build_matrix, check_compatible, target_vector
 from models.inspection import ModelInfo
+from models.versions import installed_versions
 from service.catalog.tabular import Column
 from service.errors import Unprocessable
 from service.jobs.kinds import CheckContext, DatasetInfo, RunContext
@@ -217,15 +218,6 @@ def rows_per_second(model: ModelInfo | None, n_threads: int = 2) -> float:
 def provenance(**extra: Any) -> dict[str, Any]:
     # Versions from the installed distributions, not by importing each library: a job
     # that never uses LightGBM does not load it (a GPU host without it ran no job).
-    return {"library_versions": {"numpy": np.__version__, **{
-        name: _installed_version(name) for name in ("xgboost", "lightgbm", "scikit-learn")}},
-        **extra}
-
-
-def _installed_version(distribution: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
+    return {"library_versions": installed_versions("numpy", "xgboost", "lightgbm",
+                                                   "scikit-learn"),
+            **extra}
