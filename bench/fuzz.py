@@ -28,11 +28,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from bench.job_queue import _database
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = "not_a_server_error,status_code_conformance"
@@ -175,29 +175,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _database(url: str | None, tmp: Path) -> tuple[str, Callable[[], None]]:
-    """A database URL for the run and a function that removes what it created."""
-    if url is None:
-        return f"sqlite:///{tmp / 'fuzz.db'}", lambda: None
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from service.db import create_db_engine
-
-    schema = f"fuzz_{uuid.uuid4().hex[:8]}"
-    engine = create_db_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-
-    def drop() -> None:
-        with engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
-
-    scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-    return scoped.render_as_string(hide_password=False), drop
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from models.errors import ModelError
+from models.errors import ModelError, first_line
 
 log = logging.getLogger("tabxai.errors")
 
@@ -310,7 +310,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, sa_exc.DataError):
         # A value the database refuses to store or compare (too long, out of range).
-        reason = _first_line(getattr(exc, "orig", None) or exc).rstrip(".")
+        reason = first_line(getattr(exc, "orig", None) or exc)
         return problem_response(
             422, "invalid_value", "The request holds a value that cannot be stored.",
             f"A value in the request cannot be stored: {reason}. Change it and send the "
@@ -318,18 +318,13 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if _is_outage(exc):
         log.warning("database unavailable", extra={
             "event": "database_unavailable", "path": request.url.path,
-            "error": _first_line(exc)})
+            "error": first_line(exc)})
         return problem_response(
             503, "database_unavailable", "The database is unavailable.",
             f"The service cannot reach its database right now; try again in "
             f"{RETRY_AFTER_SECONDS} seconds.",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     return await _unexpected_error(request, exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_outage(exc: Exception) -> bool:
