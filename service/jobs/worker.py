@@ -342,6 +342,7 @@ class Worker:
                 device=self.device if lease.device == "auto" else lease.device,  # type: ignore[arg-type]
                 dataset=DatasetInfo.of(dataset) if dataset else None,
                 dataset_blob_id=dataset.blob_id if dataset else None,
+                dataset_paging_blob_id=dataset.paging_blob_id if dataset else None,
                 dataset_sha256=dataset.sha256 if dataset else None,
                 table_info=table_info(dataset) if dataset else None,
                 model=ModelInfo.from_dict(model.info) if model else None,
@@ -514,6 +515,7 @@ class JobSpec:
     device: Device
     dataset: DatasetInfo | None
     dataset_blob_id: str | None
+    dataset_paging_blob_id: str | None  # the Parquet copy a CSV is read from, if any
     dataset_sha256: str | None
     table_info: TableInfo | None
     model: ModelInfo | None
@@ -650,19 +652,13 @@ class _JobResources:
     def load_dataset(self) -> Any:
         """The dataset as a pyarrow Table. A CSV is read from its Parquet paging copy
         when it has one (the same values and types, without parsing text again)."""
-        from sqlalchemy import select
-
         from service.catalog.paging import read_paging_copy
         from service.catalog.tabular import read_table
         from service.storage import copy_blob_to_file
 
         assert self.spec.dataset_blob_id and self.spec.table_info
-        paging_blob_id = None
-        if self.spec.table_info.format == "csv":
-            with self.db.session(readonly=True) as session:
-                paging_blob_id = session.scalar(
-                    select(DatasetRecord.paging_blob_id)
-                    .where(DatasetRecord.id == self.spec.lease.dataset_id))
+        paging_blob_id = (self.spec.dataset_paging_blob_id
+                          if self.spec.table_info.format == "csv" else None)
         path = self.tmp_dir / "dataset"
         copy_blob_to_file(self.db, paging_blob_id or self.spec.dataset_blob_id, path)
         try:
