@@ -30,6 +30,8 @@ fuzz: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check service models explainers tests bench migrations
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 $(VENV)/bin/python:
 	@if [ -z "$(PYTHON)" ]; then \
