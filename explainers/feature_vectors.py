@@ -401,6 +401,7 @@ def _extract_rules(ensemble: TreeEnsemble, group_of_column: npt.NDArray[np.int64
             up = parent[node]
             groups[:, k] = split_group[up]
             if conds is not None:
+                assert cond_base is not None and flip is not None
                 conds[:, k] = cond_base[up] + (went_left[node] ^ flip[up])
             node = up
         key = None

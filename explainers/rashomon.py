@@ -389,7 +389,7 @@ class RashomonResult:
             mains.append({"feature": names[f], "reference": _num(self.reference_main_effects[f]),
                           **_stats(v), "n_models": int(v.size)})
         in_set = self.fis_in_set
-        inter = []
+        inter: list[dict[str, Any]] = []
         for s, sub in enumerate(self.subsets):
             v = self.fis_clouds[s]
             vi = v[in_set[s]]
@@ -1025,7 +1025,7 @@ def _interaction_combos(
     the splits of r/delta into ``order`` positive parts (lexicographic), then the 2^order
     direction combinations (0 up, 1 down)."""
     steps = params.n_steps
-    out = []
+    out: list[tuple[float, tuple[int, ...], tuple[int, ...]]] = []
     for r in params.radii:
         target = int(round(r / params.delta))
         for a in product(range(1, steps + 1), repeat=params.order):

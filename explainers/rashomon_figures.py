@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 __all__ = ["draw_swarm", "draw_swarm_main", "draw_halo", "draw_search_trace"]
 
 _CMAP = "viridis"
-_STAR = {"marker": "*", "s": 170, "color": "orange", "edgecolor": "black", "linewidth": 0.6,
-         "zorder": 3}
+_STAR: dict[str, Any] = {"marker": "*", "s": 170, "color": "orange", "edgecolor": "black",
+                         "linewidth": 0.6, "zorder": 3}
 
 
 def draw_swarm(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
@@ -171,8 +171,9 @@ def _swarm_figure(summary: Mapping[str, Any], labels: Sequence[str],
         mappable = ax.scatter(v, i + _swarm_offsets(v), c=loss, cmap=_CMAP, norm=norm, s=14,
                               linewidths=0, zorder=2)
     ref_y = [i for i, r in enumerate(refs) if r is not None]
+    ref_x = [r for r in refs if r is not None]
     if ref_y:
-        ax.scatter([refs[i] for i in ref_y], ref_y, label="reference model", **_STAR)
+        ax.scatter(ref_x, ref_y, label="reference model", **_STAR)
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0.0, color="0.8", linewidth=0.8, zorder=0)
     ax.set_yticks(range(len(labels)), labels=list(labels))

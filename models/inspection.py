@@ -56,7 +56,7 @@ class ModelInfo:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))  # type: ignore[no-any-return]
+        return _jsonable(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:

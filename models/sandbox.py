@@ -101,7 +101,7 @@ def run_isolated[T](
     )
     status, payload = outcome
     if status == "ok":
-        return payload  # type: ignore[no-any-return]
+        return payload
     if status == "model_error":
         raise payload
     if status == "memory":
@@ -138,7 +138,7 @@ def _receive(
     if not receiver.poll(time_limit_s):
         return "timeout", None
     try:
-        return receiver.recv()  # type: ignore[no-any-return]
+        return receiver.recv()
     except (EOFError, OSError):
         process.join(1.0)
         return "crashed", _describe_exit(process.exitcode)

@@ -124,5 +124,5 @@ def _presented_key(request: Request) -> str | None:
             raise Unauthorized("Send the key as 'Authorization: Bearer <key>'.",
                                headers={"WWW-Authenticate": "Bearer"})
         return value.strip()
-    value = request.headers.get("x-api-key")
-    return value.strip() if value else None
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key else None

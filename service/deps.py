@@ -14,11 +14,11 @@ from service.db import Database
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_database(request: Request) -> Database:
-    return request.app.state.db  # type: ignore[no-any-return]
+    return request.app.state.db
 
 
 def get_session(db: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:

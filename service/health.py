@@ -20,7 +20,7 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=problem_responses(503))
-def readyz(db: DatabaseDep) -> dict[str, str]:
+def readyz(db: DatabaseDep) -> dict[str, str | None]:
     """The database is reachable and migrated to the newest revision."""
     try:
         current = current_revision(db.engine)

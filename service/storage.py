@@ -184,7 +184,7 @@ class BlobReader(io.RawIOBase):
     def iter_chunks(self) -> Iterator[bytes]:
         """Yield the blob's chunks in order (for streamed downloads)."""
         for seq in range(self.n_chunks):
-            with self._db.session(readonly=True) as session:
+            with self._reading() as session:
                 yield read_chunk(session, self._blob_id, seq)
 
 

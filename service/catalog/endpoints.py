@@ -57,7 +57,7 @@ _MODEL_BODY = _upload_body(
 
 def dataset_out(record: DatasetRecord) -> DatasetOut:
     return DatasetOut(
-        id=record.id, name=record.name, format=record.format,  # type: ignore[arg-type]
+        id=record.id, name=record.name, format=record.format,
         size_bytes=record.size_bytes, sha256=record.sha256, n_rows=record.n_rows,
         n_columns=record.n_columns, target=record.target,
         columns=[ColumnOut(**c) for c in record.columns], created_at=record.created_at,
@@ -68,7 +68,7 @@ def model_out(record: ModelRecord) -> ModelOut:
     info = record.info
     return ModelOut(
         id=record.id, name=record.name, format=record.format,
-        kind=record.kind, task=record.task,  # type: ignore[arg-type]
+        kind=record.kind, task=record.task,
         n_features=record.n_features, feature_names=info.get("feature_names"),
         n_outputs=record.n_outputs, classes=info.get("classes"),
         details=info.get("details") or {}, size_bytes=record.size_bytes,

@@ -184,7 +184,7 @@ def _to_rows(table: pa.Table) -> list[list[Any]]:
 
 
 def _json_column(col: pa.ChunkedArray) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for value in col.to_pylist():
         if isinstance(value, float) and value != value:
             out.append(None)
