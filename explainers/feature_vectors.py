@@ -31,7 +31,9 @@ __all__ = [
     "DegenerateInput",
     "FeatureVectorsParams",
     "FeatureVectorsResult",
+    "check_feature_groups",
     "feature_vectors",
+    "run_feature_vectors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -219,6 +221,24 @@ def feature_vectors(
     for the window, and ValueError for invalid names or groups.
     """
     columns = _column_names(ensemble, feature_names)
+    check_feature_groups(columns, params.feature_groups)
+    return _run(ensemble, params, columns, progress)
+
+
+def run_feature_vectors(
+    ensemble: TreeEnsemble,
+    *,
+    params: FeatureVectorsParams,
+    feature_names: Sequence[str] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> FeatureVectorsResult:
+    """:func:`feature_vectors` with ``params.feature_groups`` already checked against
+    these feature names (:func:`check_feature_groups`): they are not checked again."""
+    return _run(ensemble, params, _column_names(ensemble, feature_names), progress)
+
+
+def _run(ensemble: TreeEnsemble, params: FeatureVectorsParams, columns: tuple[str, ...],
+         progress: ProgressCallback) -> FeatureVectorsResult:
     group_of_column, names = _resolve_groups(columns, params.feature_groups)
     p = len(names)
     if p < 2:
@@ -306,11 +326,13 @@ def _column_names(ensemble: TreeEnsemble, feature_names: Sequence[str] | None
     return names
 
 
-def _resolve_groups(columns: tuple[str, ...], groups: Mapping[str, Sequence[str]] | None
-                    ) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
-    """Feature index of every model column, and the feature names in feature order."""
+def check_feature_groups(columns: Sequence[str],
+                         groups: Mapping[str, Sequence[str]] | None) -> None:
+    """Refuse (ValueError) ``feature_groups`` that do not fit the model's ``columns``: a
+    column it does not have, a column in two groups, a group named after a column that
+    is not in it."""
     if groups is None:
-        return np.arange(len(columns), dtype=np.int64), columns
+        return
     index = {name: i for i, name in enumerate(columns)}
     owner: dict[int, str] = {}
     for group, members in groups.items():
@@ -327,6 +349,16 @@ def _resolve_groups(columns: tuple[str, ...], groups: Mapping[str, Sequence[str]
         if group in index and owner.get(index[group]) != group:
             raise ValueError(f"feature group {group!r} has the name of a model column that "
                              "is not in it; rename the group")
+
+
+def _resolve_groups(columns: tuple[str, ...], groups: Mapping[str, Sequence[str]] | None
+                    ) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
+    """Feature index of every model column, and the feature names in feature order, for
+    groups that :func:`check_feature_groups` accepted."""
+    if groups is None:
+        return np.arange(len(columns), dtype=np.int64), columns
+    index = {name: i for i, name in enumerate(columns)}
+    owner = {index[column]: group for group, members in groups.items() for column in members}
     position: dict[str, int] = {}
     group_of_column = np.empty(len(columns), dtype=np.int64)
     for i, column in enumerate(columns):

@@ -63,7 +63,9 @@ __all__ = [
     "BadPredictions",
     "RashomonResult",
     "estimate_cost",
+    "estimate_checked_cost",
     "rashomon_interactions",
+    "run_rashomon_interactions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -282,6 +284,13 @@ def estimate_cost(
     step and direction); ``main_effects`` is an upper bound (distinct masks only).
     """
     params.validate(n_features, _names_for_estimate(n_features, params.features), task=task)
+    return estimate_checked_cost(n_rows, n_features, params)
+
+
+def estimate_checked_cost(n_rows: int, n_features: int, params: RashomonParams
+                          ) -> dict[str, Any]:
+    """:func:`estimate_cost` for params already validated for data of ``n_features``
+    columns (``params.validate``): they are not checked again."""
     n = min(int(n_rows), params.max_rows)
     t = params.shuffle_times
     scored = len(params.features) if params.features is not None else n_features
@@ -516,8 +525,32 @@ def rashomon_interactions(
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"X must be a 2-D matrix, got shape {X.shape}.")
-    n_total, p = X.shape
-    params.validate(p, feature_names, task=task)
+    params.validate(X.shape[1], feature_names, task=task)
+    return run_rashomon_interactions(predict, X, y, task=task, feature_names=feature_names,
+                                     params=params, batch_rows=batch_rows, n_jobs=n_jobs,
+                                     dtype=dtype, progress=progress)
+
+
+def run_rashomon_interactions(
+    predict: Callable[[np.ndarray], np.ndarray],
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: Task,
+    feature_names: Sequence[str],
+    params: RashomonParams,
+    batch_rows: int = 1_000_000,
+    n_jobs: int = 1,
+    dtype: npt.DTypeLike = np.float64,
+    progress: ProgressCallback = no_progress,
+) -> RashomonResult:
+    """:func:`rashomon_interactions` with ``params`` already validated for this task and
+    these features (``params.validate(X.shape[1], feature_names, task=task)``): they are
+    not checked again; the data and the other arguments are."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-D matrix, got shape {X.shape}.")
+    n_total = X.shape[0]
     if batch_rows < 1 or n_jobs < 1:
         raise ValueError(f"batch_rows and n_jobs must be at least 1, got {batch_rows}, {n_jobs}.")
     y = np.asarray(y)

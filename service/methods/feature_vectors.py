@@ -13,7 +13,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from explainers.feature_vectors import DegenerateInput, FeatureVectorsParams, feature_vectors
+from explainers.feature_vectors import (
+    DegenerateInput,
+    FeatureVectorsParams,
+    check_feature_groups,
+    run_feature_vectors,
+)
 from explainers.feature_vectors_figures import draw_feature_vectors, draw_importance
 from models.dtypes import NUMERIC_DTYPES, dtype_of
 from models.readers import read_ensemble
@@ -54,6 +59,10 @@ class FeatureVectorsJobParams(BaseModel):
         None, description="Original feature -> the model columns merged into it.")
 
     def method_params(self, groups: dict[str, list[str]] | None = None) -> FeatureVectorsParams:
+        """The params as the method takes them (explainers.feature_vectors); ``groups``
+        replaces ``feature_groups`` (model-free mode: those of the encoded columns).
+        ``check`` checks the groups against the model once, at POST; the job process
+        hands them to the method without checking them again."""
         return FeatureVectorsParams(
             window_size=self.window_size, order=self.order, dedup_rules=self.dedup_rules,
             bagging=self.bagging, random_state=self.random_state,
@@ -81,6 +90,10 @@ def check(ctx: CheckContext[FeatureVectorsJobParams]) -> None:
         if unknown:
             raise Unprocessable(f"feature_groups[{group!r}] names {unknown}, which are not "
                                 f"features of the model.", code="invalid_params")
+    try:
+        check_feature_groups(names, ctx.params.feature_groups)
+    except ValueError as exc:
+        raise Unprocessable(f"{exc}.", code="invalid_params") from exc
     return None
 
 
@@ -116,7 +129,7 @@ def run(ctx: RunContext[FeatureVectorsJobParams]) -> JobOutput:
         ensemble = ctx.load_model().tree_ensemble()
         groups, model_note = ctx.params.feature_groups, {"model": "uploaded"}
     try:
-        result = feature_vectors(
+        result = run_feature_vectors(
             ensemble, params=ctx.params.method_params(groups), feature_names=names,
             progress=lambda p, s: ctx.progress(0.3 + 0.7 * p, s))
     except DegenerateInput as exc:

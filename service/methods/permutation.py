@@ -8,12 +8,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from explainers.permutation import (
+    PermutationParams,
     PermutationParamsError,
-    permutation_importance,
+    run_permutation_importance,
     validate_permutation_params,
 )
 from explainers.permutation_figures import draw_importance
 from explainers.sampling import sample_rows
+from models.inspection import ModelInfo
 from service.errors import Unprocessable
 from service.jobs.kinds import (
     Axis,
@@ -54,34 +56,45 @@ class PermutationImportanceParams(BaseModel):
         None, description="Feature names and lists of names permuted together, in any mix "
         "(a bare name is a group of one), e.g. [[\"lat\", \"lon\"], \"age\"]; default all.")
 
+    def method_params(self, model: ModelInfo, names: list[str], *,
+                      validate: bool = False) -> PermutationParams:
+        """The params as the method takes them (explainers.permutation), for ``model``
+        with features ``names``.
 
-def _validated(ctx: CheckContext[PermutationImportanceParams]) -> Any:
-    model = require_model(ctx)
-    names = feature_names(model, model_columns(ctx))
-    params = ctx.params
-    try:
-        return validate_permutation_params(
-            task=model.task, feature_names=names, scoring=params.scoring,
-            n_repeats=params.n_repeats, random_state=params.random_state,
-            features=params.features, classes=model.classes)
-    except PermutationParamsError as exc:
-        raise Unprocessable(str(exc), code="invalid_params") from exc
+        validate: check them against the model first (``check``, once, at POST: a refusal
+        is a 422 ``invalid_params``). Without it, params that ``check`` accepted and
+        stored are built as they are (``estimate``, and the job process).
+        """
+        values: dict[str, Any] = {
+            "task": model.task, "feature_names": names, "scoring": self.scoring,
+            "n_repeats": self.n_repeats, "random_state": self.random_state,
+            "features": self.features}
+        if not validate:
+            return PermutationParams.resolve(**values)
+        try:
+            return validate_permutation_params(**values, classes=model.classes)
+        except PermutationParamsError as exc:
+            raise Unprocessable(str(exc), code="invalid_params") from exc
 
 
 def check(ctx: CheckContext[PermutationImportanceParams]) -> PermutationImportanceParams:
+    """Stores the params resolved: ``scoring`` is the task's default when not given."""
     check_target(ctx, ctx.params.label_map)
-    checked = _validated(ctx)
+    model = require_model(ctx)
+    checked = ctx.params.method_params(model, feature_names(model, model_columns(ctx)),
+                                       validate=True)
     return ctx.params.model_copy(update={"scoring": checked.scoring})
 
 
 def estimate(ctx: CheckContext[PermutationImportanceParams]) -> dict[str, Any]:
-    checked = _validated(ctx)
+    model = require_model(ctx)
+    groups = len(ctx.params.method_params(model,
+                                          feature_names(model, model_columns(ctx))).groups)
     rows = min(ctx.dataset.n_rows, ctx.params.max_rows or ctx.dataset.n_rows)
-    to_predict = rows * (1 + len(checked.groups) * ctx.params.n_repeats)
+    to_predict = rows * (1 + groups * ctx.params.n_repeats)
     return {"rows_to_predict": to_predict,
             "seconds": round(to_predict / rows_per_second(ctx.model) + 1.0, 1),
-            **result_size({"importances": ((len(checked.groups), ctx.params.n_repeats),
-                                           "float32")})}
+            **result_size({"importances": ((groups, ctx.params.n_repeats), "float32")})}
 
 
 def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
@@ -95,11 +108,9 @@ def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
     y = np.asarray(ctx.model.classes)[y_index] if ctx.model.classes else y_index
     names = feature_names(ctx.model, model_columns(ctx))
     model = ctx.load_model()
-    result = permutation_importance(
-        model, X, y, scoring=params.scoring, n_repeats=params.n_repeats,
-        random_state=params.random_state, feature_names=names, features=params.features,
-        n_jobs=ctx.n_threads, device=ctx.device,
-        progress=lambda p, s: ctx.progress(0.05 + 0.95 * p, s))
+    result = run_permutation_importance(
+        model, X, y, params.method_params(ctx.model, names), n_jobs=ctx.n_threads,
+        device=ctx.device, progress=lambda p, s: ctx.progress(0.05 + 0.95 * p, s))
     summary = result.summary()
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state, rows_scored=len(rows))}

@@ -14,8 +14,8 @@ from explainers.rashomon import (
     RashomonParams,
     RashomonParamsError,
     RashomonResult,
-    estimate_cost,
-    rashomon_interactions,
+    estimate_checked_cost,
+    run_rashomon_interactions,
 )
 from explainers.rashomon_figures import draw_halo, draw_search_trace, draw_swarm, draw_swarm_main
 from service.errors import Unprocessable
@@ -99,11 +99,17 @@ class RashomonJobParams(BaseModel):
         return radii
 
     def method_params(self) -> RashomonParams:
+        """The params as the method takes them (explainers.rashomon), built as they are:
+        ``check`` validates them against the model once, at POST; ``estimate`` and the
+        job process build the params it stored without validating them again."""
         names = {f.name for f in fields(RashomonParams)}
         return RashomonParams(**{k: v for k, v in self.model_dump().items() if k in names})
 
 
-def _validated(ctx: CheckContext[RashomonJobParams]) -> tuple[RashomonParams, list[str]]:
+def check(ctx: CheckContext[RashomonJobParams]) -> RashomonJobParams:
+    """Validates the params against the model and stores them resolved: ``loss`` is the
+    task's default when not given."""
+    check_target(ctx, ctx.params.label_map)
     model = require_model(ctx)
     names = feature_names(model, model_columns(ctx))
     params = ctx.params.method_params()
@@ -111,24 +117,19 @@ def _validated(ctx: CheckContext[RashomonJobParams]) -> tuple[RashomonParams, li
         params.validate(len(names), names, task=model.task)  # type: ignore[arg-type]
     except (RashomonParamsError, ValueError) as exc:
         raise Unprocessable(str(exc), code="invalid_params") from exc
-    return params, names
-
-
-def check(ctx: CheckContext[RashomonJobParams]) -> None:
-    check_target(ctx, ctx.params.label_map)
-    _validated(ctx)
-    return None
+    return ctx.params.model_copy(
+        update={"loss": params.resolved_loss(model.task)})  # type: ignore[arg-type]
 
 
 def estimate(ctx: CheckContext[RashomonJobParams]) -> dict[str, Any]:
-    params, names = _validated(ctx)
-    assert ctx.model is not None
-    cost = estimate_cost(ctx.dataset.n_rows, len(names), params,
-                         task=ctx.model.task)  # type: ignore[arg-type]
+    model = require_model(ctx)
+    params = ctx.params.method_params()
+    n_features = len(feature_names(model, model_columns(ctx)))
+    cost = estimate_checked_cost(ctx.dataset.n_rows, n_features, params)
     rows = int(cost["rows_to_predict"])
     return {"rows_to_predict": rows, "rows_by_stage": cost.get("rows_by_stage"),
             "seconds": round(rows / rows_per_second(ctx.model, n_threads=1) + 1.0, 1),
-            **result_size(result_arrays(cost, len(names), params))}
+            **result_size(result_arrays(cost, n_features, params))}
 
 
 def result_arrays(cost: dict[str, Any], p: int, params: RashomonParams
@@ -180,10 +181,10 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     # do not depend on it).
     # The method reports each of its four stages from 0 to 1: the job's progress gives
     # each the share of the rows it predicts.
-    cost = estimate_cost(len(X), X.shape[1], params, task=model.task)  # type: ignore[arg-type]
+    cost = estimate_checked_cost(len(X), X.shape[1], params)
     progress = stage_progress(ctx.progress, cost["rows_by_stage"], start=LOADING_SHARE)
     with threadpool_limits(limits=1, user_api="blas"):
-        result = rashomon_interactions(
+        result = run_rashomon_interactions(
             predict, X, y, task=model.task,  # type: ignore[arg-type]
             feature_names=names, params=params,
             batch_rows=batch_rows_for(X.shape[1], device_used),

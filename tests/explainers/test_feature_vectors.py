@@ -17,11 +17,14 @@ from scipy.stats import spearmanr
 from sklearn.datasets import make_friedman1
 from sklearn.ensemble import RandomForestRegressor
 
+from explainers import feature_vectors as feature_vectors_module
 from explainers.feature_vectors import (
     DegenerateInput,
     FeatureVectorsParams,
     _row_ids,
+    check_feature_groups,
     feature_vectors,
+    run_feature_vectors,
 )
 from explainers.feature_vectors_figures import LABEL_GID, draw_feature_vectors, draw_importance
 from explainers.progress import Cancelled
@@ -284,6 +287,24 @@ def test_feature_groups_merge_two_one_hot_columns() -> None:
 def test_invalid_feature_groups_are_refused(groups: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         feature_vectors(HAND, params=FeatureVectorsParams(feature_groups=groups))
+    with pytest.raises(ValueError, match=message):
+        check_feature_groups(HAND.feature_names or (), groups)
+
+
+def test_run_entry_takes_checked_groups_without_checking_them_again(
+        forest: TreeEnsemble, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = [f"col{i}" for i in range(10)]
+    params = FeatureVectorsParams(feature_groups={"pair": ["col3", "col1"]}, bagging=2)
+    expected = feature_vectors(forest, feature_names=names, params=params)
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the groups were checked again")
+
+    monkeypatch.setattr(feature_vectors_module, "check_feature_groups", refuse)
+    result = run_feature_vectors(forest, feature_names=names, params=params)
+    np.testing.assert_array_equal(result.cooccurrence, expected.cooccurrence)
+    np.testing.assert_array_equal(result.vectors, expected.vectors)
+    assert result.feature_names == expected.feature_names
 
 
 def test_bagging_gives_deterministic_bounds(forest: TreeEnsemble) -> None:

@@ -19,12 +19,15 @@ from sklearn.inspection import permutation_importance as sklearn_permutation_imp
 from sklearn.linear_model import LinearRegression
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 
+from explainers import permutation
 from explainers.permutation import (
+    PermutationParams,
     PermutationParamsError,
     ScorerNotApplicable,
     UnknownFeature,
     UnknownScorer,
     permutation_importance,
+    run_permutation_importance,
     validate_permutation_params,
 )
 from explainers.permutation_figures import draw_importance
@@ -473,6 +476,53 @@ def test_validation_errors_name_the_problem():
     assert validate_permutation_params(task="multiclass", feature_names=names).scoring \
         == "accuracy"
 
+
+
+@pytest.mark.parametrize(("task", "options"), [
+    ("regression", {}),
+    ("binary", {"scoring": "roc_auc", "features": ["b", ["a", "c"]]}),
+    ("multiclass", {"scoring": "neg_log_loss", "n_repeats": 3, "random_state": 9}),
+    ("binary", {"response_methods": frozenset({"predict", "decision_function"}),
+                "scoring": "roc_auc"}),
+])
+def test_resolve_builds_what_validation_returns(task, options):
+    names = ["a", "b", "c"]
+    checked = validate_permutation_params(task=task, feature_names=names, **options)
+    assert PermutationParams.resolve(task=task, feature_names=names, **options) == checked
+    # Resolved params resolve to themselves: what a service stores is what ran.
+    assert PermutationParams.resolve(
+        task=task, feature_names=names, scoring=checked.scoring, n_repeats=checked.n_repeats,
+        random_state=checked.random_state, features=options.get("features"),
+        response_methods=options.get("response_methods")) == checked
+
+
+def test_run_entry_takes_checked_params_without_checking_them_again(regression_data,
+                                                                    monkeypatch):
+    X, y = regression_data
+    est = LinearRegression().fit(X, y)
+    model = EstimatorModel(est, "regression")
+    names = [f"x{j}" for j in range(X.shape[1])]
+    expected = permutation_importance(model, X, y, feature_names=names, n_repeats=3,
+                                      features=[["x0", "x1"], "x2"], n_jobs=1)
+    params = validate_permutation_params(task="regression", feature_names=names, n_repeats=3,
+                                         features=[["x0", "x1"], "x2"])
+
+    def refuse(**kwargs):
+        raise AssertionError("the params were checked again")
+
+    monkeypatch.setattr(permutation, "validate_permutation_params", refuse)
+    result = run_permutation_importance(model, X, y, params, n_jobs=1)
+    np.testing.assert_array_equal(result.importances, expected.importances)
+    assert result.names == expected.names == ("x0+x1", "x2")
+    assert result.scoring == "r2"
+    # The rows are still checked: they are not part of the params.
+    with pytest.raises(PermutationParamsError, match="row"):
+        run_permutation_importance(model, X, y[:-1], params)
+    with pytest.raises(PermutationParamsError, match="max_samples"):
+        run_permutation_importance(model, X[:3], y[:3],
+                                   PermutationParams.resolve(
+                                       task="regression", feature_names=names,
+                                       max_samples=5))
 
 def test_cancel_stops_the_run(regression_data):
     X, y = regression_data

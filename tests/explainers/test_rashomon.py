@@ -26,8 +26,10 @@ from explainers.rashomon import (
     UnknownLoss,
     UnknownRashomonFeature,
     ZeroTolerance,
+    estimate_checked_cost,
     estimate_cost,
     rashomon_interactions,
+    run_rashomon_interactions,
 )
 from explainers.rashomon_figures import (
     draw_halo,
@@ -354,6 +356,30 @@ def test_cost_estimate_counts_reference_and_interaction_rows_exactly(diabetes, m
     assert default["rows_by_stage"]["interactions"] == 3276 * 2000
     assert estimate_cost(10**6, 20, RashomonParams(), task="binary")["n_subsets"] == 66
 
+
+
+def test_run_entry_and_checked_cost_take_validated_params_as_they_are(
+        diabetes, mlp, monkeypatch) -> None:
+    X, y = diabetes
+    params = RashomonParams(delta=0.5, shuffle_times=2, features=("x2", "x3", "x8"))
+    expected = rashomon_interactions(mlp.predict, X, y, task="regression",
+                                     feature_names=NAMES, params=params)
+    cost = estimate_cost(X.shape[0], 10, params, task="regression")
+
+    def refuse(self, *args, **kwargs) -> None:
+        raise AssertionError("the params were validated again")
+
+    monkeypatch.setattr(RashomonParams, "validate", refuse)
+    assert estimate_checked_cost(X.shape[0], 10, params) == cost
+    result = run_rashomon_interactions(mlp.predict, X, y, task="regression",
+                                       feature_names=NAMES, params=params)
+    for name, values in expected.arrays().items():
+        np.testing.assert_array_equal(result.arrays()[name], values, err_msg=name)
+    assert result.loss == expected.loss == "mse"
+    # The data is still checked: it is not part of the params.
+    with pytest.raises(ValueError, match="y must have shape"):
+        run_rashomon_interactions(mlp.predict, X, y[:-1], task="regression",
+                                  feature_names=NAMES, params=params)
 
 def test_progress_is_reported_per_stage_and_can_cancel(diabetes, mlp) -> None:
     X, y = diabetes
