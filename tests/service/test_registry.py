@@ -11,7 +11,10 @@ import types
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,11 +22,18 @@ from service import cli
 from service.app import create_app
 from service.config import Settings
 from service.methods import tree_shap
-from service.registry import KindRegistry, KindRegistryError, find_kind
+from service.registry import (
+    DatasetInfo,
+    KindRegistry,
+    KindRegistryError,
+    RunContext,
+    find_kind,
+)
 from service.startup import BUILTIN_KIND_MODULES, method_registry, register_methods
 from tests.service.jobs_testkinds import KINDS as TEST_KINDS
 from tests.service.jobs_testkinds import MODULE, upload_dataset
 
+ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = ["feature_vectors", "permutation_importance", "rashomon_interactions", "tree_shap"]
 TEST_NAMES = sorted(kind.name for kind in TEST_KINDS)
 
@@ -122,3 +132,35 @@ def test_the_commands_refuse_to_start_without_their_kinds(
         "tabxai: TABXAI_EXTRA_KINDS: cannot import the job kind module "
         "'tests.no_such_module': No module named 'tests.no_such_module'")
 
+
+def test_the_readme_s_example_kind_registers_and_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(# column_means\.py.*?)```", readme, re.DOTALL)
+    assert code is not None, "the README has no example kind"
+    (tmp_path / "column_means.py").write_text(code.group(1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "column_means", raising=False)
+    kind = method_registry(Settings(extra_kinds=("column_means",))).get("column_means")
+    assert kind is not None
+    table = pa.table({"a": [1, 2, 3, 6], "b": [0.5, None, 1.5, 1.0], "s": list("wxyz")})
+
+    class Resources:
+        def load_dataset(self) -> pa.Table:
+            return table
+
+        def load_model(self) -> Any:
+            raise AssertionError("the kind uses no model")
+
+        def array_writer(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the kind writes no array")
+
+    dataset = DatasetInfo(id="ds_x", name="t", n_rows=4, target=None, columns=())
+    context: RunContext[Any] = RunContext(
+        job_id="job_x", attempt=1, params=kind.params_model(), device="cpu", dataset=dataset,
+        model=None, n_threads=1, memory_limit_bytes=1 << 30, tmp_dir=tmp_path,
+        progress=lambda fraction, stage: None, resources=Resources())
+    output = kind.run(context)
+    assert output.summary == {"columns": 2}
+    np.testing.assert_allclose(output.arrays["means"], [3.0, 1.0])
+    assert [axis.labels for axis in output.array_dims["means"]] == [("a", "b")]
