@@ -107,6 +107,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=updates)
+    # First the job kinds (TABXAI_EXTRA_KINDS): a plug-in that is missing stops the
+    # command before it touches the database.
+    try:
+        app = create_app(settings, migrate=False)
+    except KindRegistryError as exc:
+        print(f"tabxai: {exc}", file=sys.stderr)
+        return 2
     db = _database(settings)
     upgrade(db.engine)
     if _bootstrap_key(db, settings):
@@ -123,11 +130,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     db.dispose()
-    try:
-        app = create_app(settings, migrate=False)
-    except KindRegistryError as exc:
-        print(f"tabxai: {exc}", file=sys.stderr)
-        return 2
     workers = _start_workers(settings)
     # uvicorn shuts down gracefully on SIGTERM, then restores the previous handler and
     # raises the signal again; with the default handler the process would die there and

@@ -126,8 +126,10 @@ def test_the_commands_refuse_to_start_without_their_kinds(
         command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TABXAI_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("TABXAI_DATABASE_URL", raising=False)
     monkeypatch.setenv("TABXAI_EXTRA_KINDS", "tests.no_such_module")
     assert cli.main([command]) == 2
+    assert not (tmp_path / "tabxai.db").exists(), "it stopped before the database"
     assert capsys.readouterr().err.strip() == (
         "tabxai: TABXAI_EXTRA_KINDS: cannot import the job kind module "
         "'tests.no_such_module': No module named 'tests.no_such_module'")
