@@ -172,7 +172,8 @@ def _start_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
     They stop (giving their jobs back) when this process dies, even by SIGKILL.
     """
     env = {**os.environ, "TABXAI_DATA_DIR": str(settings.data_dir),
-           "TABXAI_DATABASE_URL": settings.resolved_database_url}
+           "TABXAI_DATABASE_URL": settings.resolved_database_url,
+           "TABXAI_EXTRA_KINDS": ",".join(settings.extra_kinds)}
     command = [sys.executable, "-m", "service.cli", "worker",
                "--device", settings.worker_device, "--parent-pid", str(os.getpid())]
     return [subprocess.Popen(command, env=env) for _ in range(settings.workers)]
