@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.jobs.kinds import CheckContext, JobKind, JobOutput, RunContext, register_kind
+from service.registry import CheckContext, JobKind, JobOutput, RunContext
 
 log = logging.getLogger("bench.job_queue")
 
@@ -54,8 +54,10 @@ def _run_noop(ctx: RunContext[NoParams]) -> JobOutput:
     return JobOutput(summary={})
 
 
-register_kind(JobKind(name="bench_noop", params_model=NoParams, needs_model=False,
-                      check=_check, estimate=_estimate, run=_run_noop))
+# Registered by the benchmark's app (extra_kinds) and workers (TABXAI_EXTRA_KINDS).
+KIND = JobKind(name="bench_noop", params_model=NoParams, needs_model=False,
+               check=_check, estimate=_estimate, run=_run_noop)
+MODULE = "bench.job_queue"
 
 
 def main() -> None:
@@ -81,7 +83,7 @@ def _bench(url: str, tmp: Path, latency_jobs: int, throughput_jobs: int) -> None
     from service.db import Database
     from service.migrate import upgrade
 
-    settings = Settings(data_dir=tmp / "data", database_url=url)
+    settings = Settings(data_dir=tmp / "data", database_url=url, extra_kinds=[MODULE])
     db = Database(url)
     upgrade(db.engine)
     backend = "PostgreSQL (LISTEN/NOTIFY)" if not db.is_sqlite else \
@@ -154,7 +156,7 @@ def _claim_rate(db: Any, n_jobs: int) -> float:
 
 def _start_workers(url: str, tmp: Path, n: int) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "TABXAI_DATABASE_URL": url, "TABXAI_DATA_DIR": str(tmp / "data"),
-           "TABXAI_EXTRA_KINDS": "bench.job_queue", "TABXAI_LOG_LEVEL": "WARNING"}
+           "TABXAI_EXTRA_KINDS": MODULE, "TABXAI_LOG_LEVEL": "WARNING"}
     return [subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--device",
                               "cpu"], env=env, cwd=Path(__file__).resolve().parents[1])
             for _ in range(n)]

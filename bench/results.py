@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from service.jobs.kinds import CheckContext, JobKind, JobOutput, RunContext, register_kind
+from service.registry import CheckContext, JobKind, JobOutput, RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
 APPEND_ROWS = 20_000
@@ -55,8 +55,9 @@ def _run_big_array(ctx: RunContext[BigArrayParams]) -> JobOutput:
     return JobOutput(summary={"n_rows": n, "n_columns": f})
 
 
-register_kind(JobKind(name="bench_big_array", params_model=BigArrayParams, needs_model=False,
-                      check=_check, estimate=_estimate, run=_run_big_array))
+# Registered by the API and the worker of the benchmark through TABXAI_EXTRA_KINDS.
+KIND = JobKind(name="bench_big_array", params_model=BigArrayParams, needs_model=False,
+               check=_check, estimate=_estimate, run=_run_big_array)
 
 
 class PeakRss(threading.Thread):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,10 +14,10 @@ from service.db import Database
 from service.docs_ui import install_docs
 from service.errors import install_error_handlers
 from service.jobs import endpoints as jobs_endpoints
-from service.jobs.kinds import load_kind_modules
+from service.jobs import result_endpoints
 from service.metrics import install_metrics
 from service.migrate import upgrade
-from service.results import endpoints as results_endpoints
+from service.startup import method_registry
 
 DESCRIPTION = """Explain tabular machine-learning models: upload a table and a trained
 model, then ask for exact TreeSHAP, permutation importance, Feature Vectors or
@@ -26,8 +25,14 @@ Rashomon-set interaction scores. Errors are RFC 9457 problem documents."""
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
-    """The application. ``migrate`` runs the migrations at start-up (the default)."""
+    """The application. ``migrate`` runs the migrations at start-up (the default).
+
+    The job kinds are registered here, before anything is served: the built-in methods
+    and ``TABXAI_EXTRA_KINDS`` (a module that gives none raises
+    ``service.registry.KindRegistryError``).
+    """
     settings = settings or Settings()
+    kinds = method_registry(settings)
     settings.ensure_dirs()
     db = Database(settings.resolved_database_url)
 
@@ -35,9 +40,6 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate:
             upgrade(db.engine)
-        # The job kinds import the numerical libraries (seconds); warm them up in the
-        # background so the first POST /v1/jobs does not pay for it.
-        threading.Thread(target=load_kind_modules, name="load-job-kinds", daemon=True).start()
         yield
         db.dispose()
 
@@ -47,11 +49,12 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
                   docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.db = db
+    app.state.kinds = kinds
     install_error_handlers(app)
     install_metrics(app)
     app.include_router(health.router)
     app.include_router(catalog_endpoints.router)
     app.include_router(jobs_endpoints.router)
-    app.include_router(results_endpoints.router)
+    app.include_router(result_endpoints.router)
     install_docs(app)
     return app

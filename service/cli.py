@@ -103,9 +103,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from service.app import create_app
     from service.auth import any_active_key
     from service.migrate import upgrade
+    from service.registry import KindRegistryError
 
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=updates)
+    # First the job kinds (TABXAI_EXTRA_KINDS): a plug-in that is missing stops the
+    # command before it touches the database.
+    try:
+        app = create_app(settings, migrate=False)
+    except KindRegistryError as exc:
+        print(f"tabxai: {exc}", file=sys.stderr)
+        return 2
     db = _database(settings)
     upgrade(db.engine)
     if _bootstrap_key(db, settings):
@@ -122,7 +130,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     db.dispose()
-    app = create_app(settings, migrate=False)
     workers = _start_workers(settings)
     # uvicorn shuts down gracefully on SIGTERM, then restores the previous handler and
     # raises the signal again; with the default handler the process would die there and
@@ -141,11 +148,20 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from service.jobs.worker import run_worker
+    from service.registry import KindRegistryError
+    from service.startup import method_registry
 
     if args.concurrency < 1:
         print("tabxai: --concurrency must be at least 1", file=sys.stderr)
         return 2
-    return run_worker(settings, concurrency=args.concurrency,
+    # The kinds are registered here, at start-up, and handed to the worker: the job
+    # system knows the registry, not the methods.
+    try:
+        kinds = method_registry(settings)
+    except KindRegistryError as exc:
+        print(f"tabxai: {exc}", file=sys.stderr)
+        return 2
+    return run_worker(settings, kinds, concurrency=args.concurrency,
                       device=args.device or settings.worker_device,
                       parent_pid=args.parent_pid)
 
@@ -156,7 +172,8 @@ def _start_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
     They stop (giving their jobs back) when this process dies, even by SIGKILL.
     """
     env = {**os.environ, "TABXAI_DATA_DIR": str(settings.data_dir),
-           "TABXAI_DATABASE_URL": settings.resolved_database_url}
+           "TABXAI_DATABASE_URL": settings.resolved_database_url,
+           "TABXAI_EXTRA_KINDS": ",".join(settings.extra_kinds)}
     command = [sys.executable, "-m", "service.cli", "worker",
                "--device", settings.worker_device, "--parent-pid", str(os.getpid())]
     return [subprocess.Popen(command, env=env) for _ in range(settings.workers)]

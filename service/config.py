@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 GiB = 1 << 30
 
@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     key_file: Path | None = Field(
         None, description="On a database with no key, `tabxai migrate` and `tabxai serve` "
         "create one and write it here (mode 600); `tabxai smoke` reads its key from it.")
+
+    extra_kinds: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Modules of further job kinds (plug-ins), comma-separated; each "
+        "defines KIND = JobKind(...) or KINDS = [...] (service.registry).")
+
+    @field_validator("extra_kinds", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        # The environment gives "a.b, c.d"; Python callers may give a list.
+        if isinstance(value, str):
+            return tuple(m.strip() for m in value.split(",") if m.strip())
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> Settings:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.jobs.kinds import get_kind
+from service.config import Settings
+from service.startup import method_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
@@ -50,7 +51,8 @@ def test_job_params_in_the_readme_are_accepted() -> None:
     readme = (ROOT / "README.md").read_text()
     examples = re.findall(r"kind=(\w+)[^\n]*\\\n\s+params:='([^']+)'", readme)
     assert len(examples) >= 3
+    kinds = method_registry(Settings(extra_kinds=()))
     for kind_name, params in examples:
-        kind = get_kind(kind_name)
+        kind = kinds.get(kind_name)
         assert kind is not None, kind_name
         kind.params_model.model_validate(json.loads(params))

@@ -16,6 +16,7 @@ from service.db import Database
 from service.deps import DatabaseDep, ReadSessionDep, SettingsDep, WorkspaceDep
 from service.errors import API_PROBLEMS, NotFound, problem_responses
 from service.jobs import service
+from service.jobs.deps import KindsDep
 from service.jobs.schemas import EstimateOut, JobCreate, JobOut
 from service.jobs.tables import FINAL_STATUSES, JobRecord
 from service.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -35,14 +36,14 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
              summary="Queue an explanation job")
 def create_job(
     body: JobCreate, response: Response, db: DatabaseDep, settings: SettingsDep,
-    workspace: WorkspaceDep,
+    kinds: KindsDep, workspace: WorkspaceDep,
     dry_run: Annotated[bool, Query(description="Check and estimate only.")] = False,
     idempotency_key: Annotated[str | None, Header(
         max_length=255, description="Replays the first job for the same key and body "
         "within 24 h; the same key with another body is 409.")] = None,
 ) -> JobOut | JSONResponse:
     with db.session() as session:
-        checked = service.check_job(session, settings, workspace.id, body)
+        checked = service.check_job(session, settings, kinds, workspace.id, body)
     if dry_run:
         return JSONResponse(EstimateOut(estimate=checked.estimate).model_dump(mode="json"))
     job, replayed = service.enqueue_job(db, settings, workspace.id, checked,

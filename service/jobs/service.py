@@ -27,7 +27,6 @@ from service.config import Settings
 from service.db import Database, utcnow
 from service.errors import Conflict, NotFound, Unprocessable
 from service.ids import new_id
-from service.jobs.kinds import CheckContext, DatasetInfo, JobKind, get_kind, kind_names
 from service.jobs.local_wakeup import announce
 from service.jobs.queue import immediate_session, notify_job_queued
 from service.jobs.schemas import JobCreate, JobError, JobOut
@@ -40,6 +39,7 @@ from service.jobs.tables import (
     JobRecord,
 )
 from service.pagination import paginate
+from service.registry import CheckContext, DatasetInfo, JobKind, KindRegistry
 from service.results.arrays import delete_arrays, format_bytes
 
 log = logging.getLogger("tabxai.jobs")
@@ -57,13 +57,14 @@ class CheckedJob:
     estimate: dict[str, Any]
 
 
-def check_job(session: Session, settings: Settings, workspace_id: str, body: JobCreate
-              ) -> CheckedJob:
-    """Check a job request the way API.md asks (404 for ids, 422 for the rest)."""
-    kind = get_kind(body.kind)
+def check_job(session: Session, settings: Settings, kinds: KindRegistry, workspace_id: str,
+              body: JobCreate) -> CheckedJob:
+    """Check a job request the way API.md asks (404 for ids, 422 for the rest), against
+    the kinds the app registered."""
+    kind = kinds.get(body.kind)
     if kind is None:
         raise Unprocessable(f"There is no job kind '{body.kind}'; the kinds are: "
-                            f"{', '.join(kind_names()) or 'none'}.", code="unknown_kind")
+                            f"{', '.join(kinds.names()) or 'none'}.", code="unknown_kind")
     params = _validate_params(kind, body.params)
     if body.model_id is None and kind.needs_model is True:
         raise Unprocessable(f"Jobs of kind {kind.name} need a model: send model_id.",

@@ -1,7 +1,8 @@
 """The worker: claims jobs and runs each in a child process under a memory limit.
 
 ``tabxai worker`` runs :func:`run_worker`: ``concurrency`` slots (threads), each
-claiming a job, starting a *job process* for it and supervising it until it ends.
+claiming a job of the kinds it was given (a ``KindRegistry`` filled at start-up, see
+``service.startup``), starting a *job process* for it and supervising it until it ends.
 
 - The job process (from a ``forkserver`` context: a clean single-threaded parent, so no
   lock or connection of the worker leaks into it) sets ``RLIMIT_AS`` to its start-up
@@ -43,7 +44,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,8 +59,6 @@ from service.catalog.tables import DatasetRecord, ModelRecord
 from service.catalog.tabular import TableInfo
 from service.config import Settings
 from service.db import Database
-from service.jobs import kinds as kind_registry
-from service.jobs.kinds import DatasetInfo, JobInputError, JobOutput, RunContext
 from service.jobs.local_wakeup import LocalWakeup
 from service.jobs.queue import (
     NOTIFY_CHANNEL,
@@ -76,6 +74,14 @@ from service.jobs.queue import (
     reap_expired_jobs,
     release_job,
     retry_job,
+)
+from service.registry import (
+    DatasetInfo,
+    JobInputError,
+    JobOutput,
+    KindRegistry,
+    RunContext,
+    find_kind,
 )
 from service.results.arrays import ArrayMeta, ArrayWriter, Axis, write_array
 
@@ -101,10 +107,11 @@ def detect_gpu() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
-def run_worker(settings: Settings, *, concurrency: int = 1,
+def run_worker(settings: Settings, kinds: KindRegistry, *, concurrency: int = 1,
                device: Literal["auto", "cpu", "cuda"] = "auto",
                parent_pid: int | None = None) -> int:
-    """The ``tabxai worker`` command: migrate, then run until SIGTERM or SIGINT.
+    """The ``tabxai worker`` command: migrate, then run jobs of ``kinds`` until SIGTERM or
+    SIGINT.
 
     parent_pid: the process that started this worker (``tabxai serve``); when it dies,
     even by SIGKILL, the worker gets SIGTERM and stops as it does then.
@@ -129,7 +136,7 @@ def run_worker(settings: Settings, *, concurrency: int = 1,
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    worker = Worker(db, settings, concurrency=concurrency, device=resolved)
+    worker = Worker(db, settings, kinds, concurrency=concurrency, device=resolved)
     try:
         worker.run(stop)
     finally:
@@ -185,16 +192,19 @@ class Wakeup:
 class Worker:
     """Runs ``concurrency`` job slots against ``db`` until ``stop`` is set.
 
-    device: "cpu" (takes cpu and auto jobs) or "cuda" (takes gpu jobs first, then auto
-    and cpu jobs). name: the worker's name in lease owners and logs.
+    kinds: the job kinds it claims and runs (registered at start-up). device: "cpu"
+    (takes cpu and auto jobs) or "cuda" (takes gpu jobs first, then auto and cpu jobs).
+    name: the worker's name in lease owners and logs.
     """
 
-    def __init__(self, db: Database, settings: Settings, *, concurrency: int = 1,
-                 device: Device = "cpu", name: str | None = None) -> None:
+    def __init__(self, db: Database, settings: Settings, kinds: KindRegistry, *,
+                 concurrency: int = 1, device: Device = "cpu", name: str | None = None
+                 ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.db = db
         self.settings = settings
+        self.kinds = kinds
         self.concurrency = concurrency
         self.device: Device = device
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -203,15 +213,14 @@ class Worker:
         self.n_threads = max(1, (os.cpu_count() or 1) // concurrency)
         self._last_reap = 0.0
         self._reap_lock = threading.Lock()
-        self._kinds: list[str] = []
+        self._kind_names: list[str] = []
 
     def run(self, stop: threading.Event) -> None:
-        kind_registry.load_kind_modules()
-        self._kinds = kind_registry.kind_names()
-        if not self._kinds:
+        self._kind_names = self.kinds.names()
+        if not self._kind_names:
             log.warning("no job kinds are registered; this worker will claim nothing",
                         extra={"event": "worker_without_kinds"})
-        _start_forkserver(self._kinds)
+        _start_forkserver(self.kinds.modules())
         threads = [threading.Thread(target=self._slot, args=(i, stop),
                                     name=f"tabxai-slot-{i}", daemon=True)
                    for i in range(self.concurrency)]
@@ -225,7 +234,7 @@ class Worker:
                 threads.append(threading.Thread(target=pipe.run, args=(self.wakeup, stop),
                                                 name="tabxai-wakeup", daemon=True))
         log.info("worker started", extra={"event": "worker_started", "worker": self.name,
-                                          "device": self.device, "kinds": self._kinds,
+                                          "device": self.device, "kinds": self._kind_names,
                                           "concurrency": self.concurrency})
         for thread in threads:
             thread.start()
@@ -245,7 +254,7 @@ class Worker:
                 self._reap_now_and_then()
                 lease = claim_next_job(
                     self.db, worker=f"{self.name}:{index}", queues=self.queues,
-                    kinds=self._kinds, prefer_gpu=self.device == "cuda",
+                    kinds=self._kind_names, prefer_gpu=self.device == "cuda",
                     lease_seconds=self.settings.lease_seconds)
             except SQLAlchemyError as exc:
                 backoff = min(10.0, max(0.5, backoff * 2))
@@ -321,8 +330,8 @@ class Worker:
             _reap_process(process)
 
     def _job_spec(self, lease: Lease) -> JobSpec:
-        kind = kind_registry.get_kind(lease.kind)
-        if kind is None:  # claims filter by known kinds; only a racing reload gets here
+        kind = self.kinds.get(lease.kind)
+        if kind is None:  # claims filter by known kinds; this is only a safeguard
             raise JobInputError("unknown_kind", f"No worker knows the job kind {lease.kind}.")
         with self.db.session() as session:
             dataset = session.get(DatasetRecord, lease.dataset_id) if lease.dataset_id \
@@ -337,7 +346,7 @@ class Worker:
             from service.catalog.service import table_info
 
             return JobSpec(
-                lease=lease, kind_module=kind.module,
+                lease=lease, kind_module=self.kinds.module_of(kind.name),
                 database_url=self.settings.resolved_database_url,
                 device=self.device if lease.device == "auto" else lease.device,  # type: ignore[arg-type]
                 dataset=DatasetInfo.of(dataset) if dataset else None,
@@ -582,10 +591,8 @@ def _watch_worker(control: multiprocessing.connection.Connection,
 def _run_job(spec: JobSpec, db: Database, events: multiprocessing.connection.Connection,
              cancelled: threading.Event) -> tuple[Any, ...]:
     lease = spec.lease
-    import_module(spec.kind_module)
-    kind = kind_registry.get_kind(lease.kind)
-    if kind is None:
-        raise RuntimeError(f"module {spec.kind_module} does not register kind {lease.kind}")
+    # The module is preloaded in the fork server: finding the kind costs no import.
+    kind = find_kind(spec.kind_module, lease.kind)
     if spec.dataset is None:
         raise JobInputError("no_dataset", "This job has no dataset.")
     params = kind.params_model.model_validate(lease.params)
@@ -617,7 +624,7 @@ class _ProgressSender:
 
     The progress it sends never goes back: a fraction below one already reported is
     sent as the one reported (a method that restarts at 0 in each stage must map its
-    stages onto the whole job, with ``service.jobs.kinds.stage_progress``).
+    stages onto the whole job, with ``service.registry.stage_progress``).
     """
 
     def __init__(self, events: multiprocessing.connection.Connection,
@@ -751,16 +758,14 @@ def _job_context() -> multiprocessing.context.ForkServerContext:
     return multiprocessing.get_context("forkserver")
 
 
-def _start_forkserver(kinds: Sequence[str]) -> None:
+def _start_forkserver(kind_modules: Sequence[str]) -> None:
     """Start the fork server now, with the kinds' modules imported, so that job
-    processes start in milliseconds.
+    processes start in milliseconds (and find their kind without importing it).
 
     (Each job process also runs the worker's main module again, as multiprocessing does
     for every child; ``tabxai worker``'s main imports nothing beyond this preload.)
     """
-    modules = list(dict.fromkeys([
-        *_PRELOAD,
-        *(kind.module for k in kinds if (kind := kind_registry.get_kind(k)) is not None)]))
+    modules = list(dict.fromkeys([*_PRELOAD, *kind_modules]))
     context = _job_context()
     context.set_forkserver_preload(modules)
     # A first process waits until the server has imported everything.

@@ -23,7 +23,13 @@ from explainers.feature_vectors_figures import draw_feature_vectors, draw_import
 from models.dtypes import NUMERIC_DTYPES, dtype_of
 from models.readers import read_ensemble
 from service.errors import Unprocessable
-from service.jobs.kinds import (
+from service.methods.inputs import (
+    feature_names,
+    model_columns,
+    provenance,
+    require_complete_target,
+)
+from service.registry import (
     Axis,
     CheckContext,
     JobInputError,
@@ -31,13 +37,6 @@ from service.jobs.kinds import (
     JobOutput,
     PlotSpec,
     RunContext,
-    register_kind,
-)
-from service.methods.inputs import (
-    feature_names,
-    model_columns,
-    provenance,
-    require_complete_target,
 )
 from service.results.arrays import result_size
 
@@ -215,7 +214,7 @@ def _encode(table: pa.Table, *, exclude: str
     return np.column_stack(columns), names, groups
 
 
-register_kind(JobKind(
+KIND = JobKind(
     name="feature_vectors",
     params_model=FeatureVectorsJobParams,
     result_advice="merge columns into feature_groups",
@@ -225,4 +224,4 @@ register_kind(JobKind(
     run=run,
     plots={"feature_vectors": PlotSpec(draw=draw_feature_vectors),
            "importance": PlotSpec(draw=draw_importance)},
-))
+)

@@ -20,7 +20,7 @@ from models.inspection import ModelInfo
 from models.versions import installed_versions
 from service.catalog.tabular import Column
 from service.errors import Unprocessable
-from service.jobs.kinds import CheckContext, DatasetInfo, RunContext
+from service.registry import CheckContext, DatasetInfo, RunContext
 
 # Rows of the table converted at a time (about 26 MB of float64 for 50 features).
 _BLOCK_ROWS = 65_536

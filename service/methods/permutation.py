@@ -17,15 +17,6 @@ from explainers.permutation_figures import draw_importance
 from explainers.sampling import sample_rows
 from models.inspection import ModelInfo
 from service.errors import Unprocessable
-from service.jobs.kinds import (
-    Axis,
-    CheckContext,
-    JobKind,
-    JobOutput,
-    PlotSpec,
-    RunContext,
-    register_kind,
-)
 from service.methods.inputs import (
     LabelMap,
     check_target,
@@ -35,6 +26,14 @@ from service.methods.inputs import (
     provenance,
     require_model,
     rows_per_second,
+)
+from service.registry import (
+    Axis,
+    CheckContext,
+    JobKind,
+    JobOutput,
+    PlotSpec,
+    RunContext,
 )
 from service.results.arrays import result_size
 
@@ -121,7 +120,7 @@ def run(ctx: RunContext[PermutationImportanceParams]) -> JobOutput:
 
 
 
-register_kind(JobKind(
+KIND = JobKind(
     name="permutation_importance",
     params_model=PermutationImportanceParams,
     result_advice="use fewer repeats (n_repeats) or features",
@@ -130,4 +129,4 @@ register_kind(JobKind(
     estimate=estimate,
     run=run,
     plots={"importance": PlotSpec(draw=draw_importance, arrays=("importances",))},
-))
+)

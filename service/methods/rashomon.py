@@ -19,16 +19,6 @@ from explainers.rashomon import (
 )
 from explainers.rashomon_figures import draw_halo, draw_search_trace, draw_swarm, draw_swarm_main
 from service.errors import Unprocessable
-from service.jobs.kinds import (
-    Axis,
-    CheckContext,
-    JobKind,
-    JobOutput,
-    PlotSpec,
-    RunContext,
-    register_kind,
-    stage_progress,
-)
 from service.methods.inputs import (
     LabelMap,
     check_target,
@@ -38,6 +28,15 @@ from service.methods.inputs import (
     provenance,
     require_model,
     rows_per_second,
+)
+from service.registry import (
+    Axis,
+    CheckContext,
+    JobKind,
+    JobOutput,
+    PlotSpec,
+    RunContext,
+    stage_progress,
 )
 from service.results.arrays import result_size
 
@@ -250,7 +249,7 @@ _ALL = ("masks", "mask_losses", "main_effect_clouds", "fis_clouds", "fis_losses"
         "fis_in_set", "halo", "search_trace", "subsets", "combo_radius", "combo_steps",
         "combo_signs", "main_effect_losses")
 
-register_kind(JobKind(
+KIND = JobKind(
     name="rashomon_interactions",
     params_model=RashomonJobParams,
     result_advice=("explore fewer features (features), a lower order, fewer radii or a "
@@ -265,4 +264,4 @@ register_kind(JobKind(
         "halo": PlotSpec(draw=_draw_halo, arrays=_ALL, max_rows=100_000, options=HaloOptions),
         "search_trace": PlotSpec(draw=draw_search_trace, arrays=_ALL, max_rows=100_000),
     },
-))
+)

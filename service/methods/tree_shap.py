@@ -12,21 +12,20 @@ from explainers.sampling import sample_rows
 from explainers.tree_shap import TreeShap, TreeShapSummary
 from explainers.tree_shap_figures import draw_importance, draw_interactions, draw_summary
 from service.errors import Unprocessable
-from service.jobs.kinds import (
-    Axis,
-    CheckContext,
-    JobKind,
-    JobOutput,
-    PlotSpec,
-    RunContext,
-    register_kind,
-)
 from service.methods.inputs import (
     feature_names,
     model_columns,
     model_inputs,
     provenance,
     require_model,
+)
+from service.registry import (
+    Axis,
+    CheckContext,
+    JobKind,
+    JobOutput,
+    PlotSpec,
+    RunContext,
 )
 from service.results.arrays import result_size
 
@@ -178,7 +177,7 @@ def _draw_summary(summary: dict[str, Any], arrays: dict[str, np.ndarray], **_: A
     return draw_summary(summary, arrays, feature_values=arrays.get("feature_values"))
 
 
-register_kind(JobKind(
+KIND = JobKind(
     name="tree_shap",
     params_model=TreeShapParams,
     result_advice="explain fewer rows (max_rows) or leave out interactions",
@@ -193,4 +192,4 @@ register_kind(JobKind(
         "interactions": PlotSpec(draw=_draw_interactions, arrays=("interaction_importance",),
                                  max_rows=MAX_OUTPUTS_PLOTTED, available=_has_interactions),
     },
-))
+)

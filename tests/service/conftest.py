@@ -1,4 +1,5 @@
-"""Fixtures shared by the service tests that run jobs through a real worker."""
+"""Fixtures shared by the service tests: settings that register the test-only job kinds
+(tests.service.jobs_testkinds), and a client whose jobs a real worker runs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.db import Database
-from tests.service.jobs_testkinds import fast_settings, running_worker
+from tests.service.jobs_testkinds import fast_settings, running_worker, with_test_kinds
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The suite's settings, with the test-only kinds registered by every app and worker
+    built from them (as TABXAI_EXTRA_KINDS does for a deployment's plug-ins)."""
+    return with_test_kinds(settings)
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """Test-only job kinds and helpers for the job tests; never shipped.
 
-Importing this module registers the kinds ``test_sleep``, ``test_count``, ``test_oom``,
-``test_fail``, ``test_arrays`` and ``test_needs_model``. Worker processes started by the
-tests import it through ``TABXAI_EXTRA_KINDS=tests.service.jobs_testkinds``.
+This module defines the kinds ``test_sleep``, ``test_count``, ``test_oom``,
+``test_fail``, ``test_arrays`` and ``test_needs_model`` (``KINDS``), as a plug-in does.
+The service tests' settings name it in ``extra_kinds`` (tests/service/conftest.py), so
+the apps and workers they start register it; worker processes started by the tests get
+it through ``TABXAI_EXTRA_KINDS=tests.service.jobs_testkinds``.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ from sqlalchemy import select
 
 from service.config import Settings
 from service.db import Database
-from service.jobs.kinds import (
+from service.jobs.tables import FINAL_STATUSES, JobRecord
+from service.jobs.worker import Worker
+from service.registry import (
     CheckContext,
     JobInputError,
     JobKind,
     JobOutput,
     PlotSpec,
     RunContext,
-    register_kind,
 )
-from service.jobs.tables import FINAL_STATUSES, JobRecord
-from service.jobs.worker import Worker
+from service.startup import method_registry
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -166,25 +168,32 @@ class NoParams(BaseModel):
     pass
 
 
-register_kind(JobKind(name="test_sleep", params_model=SleepParams, needs_model=False,
-                      check=_no_check, estimate=_rows_estimate, run=run_sleep))
-register_kind(JobKind(name="test_count", params_model=CountParams, needs_model=False,
-                      check=_no_check, estimate=_rows_estimate, run=run_count))
-register_kind(JobKind(name="test_oom", params_model=OomParams, needs_model=False,
-                      check=_no_check, estimate=_rows_estimate, run=run_oom))
-register_kind(JobKind(name="test_fail", params_model=FailParams, needs_model=False,
-                      check=_no_check, estimate=_rows_estimate, run=run_fail))
-register_kind(JobKind(
-    name="test_arrays", params_model=ArraysParams, needs_model=False, check=_no_check,
-    estimate=_rows_estimate, run=run_arrays,
-    plots={"values": PlotSpec(draw=draw_values, arrays=("values",), max_rows=1000,
-                              options=ValuesPlotOptions),
-           "never": PlotSpec(draw=draw_values, available=lambda summary: False)}))
-register_kind(JobKind(name="test_needs_model", params_model=NoParams, needs_model=True,
-                      check=_no_check, estimate=_rows_estimate, run=_needs_model_run))
+KINDS = [
+    JobKind(name="test_sleep", params_model=SleepParams, needs_model=False,
+            check=_no_check, estimate=_rows_estimate, run=run_sleep),
+    JobKind(name="test_count", params_model=CountParams, needs_model=False,
+            check=_no_check, estimate=_rows_estimate, run=run_count),
+    JobKind(name="test_oom", params_model=OomParams, needs_model=False,
+            check=_no_check, estimate=_rows_estimate, run=run_oom),
+    JobKind(name="test_fail", params_model=FailParams, needs_model=False,
+            check=_no_check, estimate=_rows_estimate, run=run_fail),
+    JobKind(name="test_arrays", params_model=ArraysParams, needs_model=False,
+            check=_no_check, estimate=_rows_estimate, run=run_arrays,
+            plots={"values": PlotSpec(draw=draw_values, arrays=("values",), max_rows=1000,
+                                      options=ValuesPlotOptions),
+                   "never": PlotSpec(draw=draw_values, available=lambda summary: False)}),
+    JobKind(name="test_needs_model", params_model=NoParams, needs_model=True,
+            check=_no_check, estimate=_rows_estimate, run=_needs_model_run),
+]
 
 
 # -- helpers -------------------------------------------------------------------------
+
+def with_test_kinds(settings: Settings, *modules: str) -> Settings:
+    """``settings`` whose ``extra_kinds`` add this module's kinds, and ``modules``'."""
+    extra = tuple(dict.fromkeys([*settings.extra_kinds, MODULE, *modules]))
+    return settings.model_copy(update={"extra_kinds": extra})
+
 
 def fast_settings(settings: Settings, **overrides: Any) -> Settings:
     return settings.model_copy(update={**FAST, **overrides})
@@ -231,8 +240,10 @@ def wait_final(db: Database, job_id: str, timeout: float = 30.0) -> JobRecord:
 @contextmanager
 def running_worker(db: Database, settings: Settings, *, concurrency: int = 1,
                    name: str | None = None) -> Iterator[Worker]:
-    """A real Worker (job processes and all) in a thread of the test process."""
-    worker = Worker(db, settings, concurrency=concurrency, name=name)
+    """A real Worker (job processes and all) in a thread of the test process, with the
+    kinds ``settings`` register (``extra_kinds``)."""
+    worker = Worker(db, settings, method_registry(settings), concurrency=concurrency,
+                    name=name)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()

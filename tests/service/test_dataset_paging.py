@@ -26,12 +26,12 @@ from service.catalog.tables import DatasetRecord
 from service.catalog.tabular import BLOCK_BYTES, inspect_table, read_rows, read_table
 from service.config import Settings
 from service.db import Database
-from service.jobs.kinds import JobKind, JobOutput, RunContext, register_kind
+from service.registry import JobKind, JobOutput, RunContext
 from service.storage import CHUNK_BYTES, BlobReader, delete_blob, store_file
 from service.tables import Blob, BlobChunk, Workspace
 from service.uploads import ReceivedUpload
 from tests.model_files import FEATURE_NAMES, SavedModel, make_data
-from tests.service.jobs_testkinds import post_job, wait_final
+from tests.service.jobs_testkinds import post_job, wait_final, with_test_kinds
 
 
 def _stored(db: Database, tmp_path: Path, data: bytes, chunk_bytes: int) -> str:
@@ -301,10 +301,16 @@ def run_dump_table(ctx: RunContext[DumpParams]) -> JobOutput:
     return JobOutput(summary={"n_rows": table.num_rows})
 
 
-register_kind(JobKind(name="test_dump_table", params_model=DumpParams, needs_model=False,
-                      check=lambda ctx: None,
-                      estimate=lambda ctx: {"rows_to_predict": 0, "seconds": 0.1},
-                      run=run_dump_table))
+KIND = JobKind(name="test_dump_table", params_model=DumpParams, needs_model=False,
+               check=lambda ctx: None,
+               estimate=lambda ctx: {"rows_to_predict": 0, "seconds": 0.1},
+               run=run_dump_table)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The service tests' settings, with this module's kind registered too."""
+    return with_test_kinds(settings, __name__)
 
 
 def _mixed_csv(n: int) -> bytes:

@@ -11,7 +11,7 @@ import pandas as pd
 from fastapi.testclient import TestClient
 
 from service.db import Database
-from service.results.endpoints import MAX_PAGE_VALUES
+from service.jobs.result_endpoints import MAX_PAGE_VALUES
 from tests.service.jobs_testkinds import post_job, upload_dataset, wait_final
 from tests.service.test_datasets import assert_problem
 

@@ -1,6 +1,6 @@
 """HTTP endpoints of results: summary, arrays (pages and downloads), plots (API.md:
-Results). Downloads stream one stored chunk at a time; see service.results.arrays for
-the Parquet/CSV layouts."""
+Results). They read what the job process stored (service.results); downloads stream one
+stored chunk at a time; see service.results.arrays for the Parquet/CSV layouts."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ from sqlalchemy.orm import Session
 
 from service.deps import DatabaseDep, ReadSessionDep, WorkspaceDep
 from service.errors import API_PROBLEMS, Conflict, problem_responses
+from service.jobs import plots
+from service.jobs.deps import KindsDep
 from service.jobs.service import get_job
 from service.jobs.tables import CANCELLED, FAILED, SUCCEEDED, JobRecord
-from service.results import arrays, plots
+from service.registry import KindRegistry
+from service.results import arrays
 from service.results.tables import JobResult
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"],
@@ -135,32 +138,34 @@ def array_page(job_id: str, name: str, db: DatabaseDep, session: ReadSessionDep,
 
 
 @router.get("/plots", response_model=list[str])
-def list_plots(job_id: str, session: ReadSessionDep, workspace: WorkspaceDep) -> list[str]:
+def list_plots(job_id: str, session: ReadSessionDep, kinds: KindsDep,
+               workspace: WorkspaceDep) -> list[str]:
     """Names of the plots this result offers."""
     job = _succeeded_job(session, workspace.id, job_id)
-    return plots.plot_names(job.kind, _summary(session, job))
+    return plots.plot_names(kinds.get(job.kind), _summary(session, job))
 
 
 @router.get("/plots/{name}.svg", response_class=Response,
             responses={200: {"content": {"image/svg+xml": {}}}})
 def plot_svg(job_id: str, name: str, request: Request, db: DatabaseDep, session: ReadSessionDep,
-             workspace: WorkspaceDep) -> Response:
+             kinds: KindsDep, workspace: WorkspaceDep) -> Response:
     """The plot as SVG; query parameters are the plot's options (e.g. ``?pair=a,b``)."""
-    return _plot(job_id, name, "svg", request, db, session, workspace.id)
+    return _plot(job_id, name, "svg", request, db, session, kinds, workspace.id)
 
 
 @router.get("/plots/{name}.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
 def plot_png(job_id: str, name: str, request: Request, db: DatabaseDep, session: ReadSessionDep,
-             workspace: WorkspaceDep) -> Response:
+             kinds: KindsDep, workspace: WorkspaceDep) -> Response:
     """The plot as PNG; query parameters are the plot's options."""
-    return _plot(job_id, name, "png", request, db, session, workspace.id)
+    return _plot(job_id, name, "png", request, db, session, kinds, workspace.id)
 
 
 def _plot(job_id: str, name: str, image_format: plots.ImageFormat, request: Request,
-          db: DatabaseDep, session: Session, workspace_id: str) -> Response:
+          db: DatabaseDep, session: Session, kinds: KindRegistry, workspace_id: str
+          ) -> Response:
     job = _succeeded_job(session, workspace_id, job_id)
-    content = plots.render_plot(db, job_id=job.id, kind_name=job.kind,
+    content = plots.render_plot(db, job_id=job.id, kind=kinds.get(job.kind), kind_name=job.kind,
                                 summary=_summary(session, job), name=name,
                                 image_format=image_format, query=dict(request.query_params))
     return Response(content, media_type=plots.MEDIA_TYPES[image_format])

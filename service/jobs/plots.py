@@ -1,4 +1,5 @@
-"""Plots of a result: drawn by the kind's PlotSpec, rendered to SVG/PNG, cached.
+"""Plots of a result: drawn by the kind's PlotSpec (service.registry), rendered to
+SVG/PNG, cached.
 
 A plot is drawn once per (job, name, format, options) from the stored summary and the
 first ``max_rows`` rows of the arrays it reads, with matplotlib's object-oriented API
@@ -17,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.db import Database
 from service.errors import NotFound, Unprocessable
-from service.jobs.kinds import JobKind, PlotSpec, get_kind
+from service.registry import JobKind, PlotSpec
 from service.results.arrays import list_arrays, read_rows
 from service.results.tables import PlotImage
 
@@ -26,19 +27,20 @@ MEDIA_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
 DPI = 100
 
 
-def plot_names(kind_name: str, summary: dict[str, Any]) -> list[str]:
-    """The plots a result of ``kind_name`` offers, given its summary."""
-    kind = get_kind(kind_name)
+def plot_names(kind: JobKind[Any] | None, summary: dict[str, Any]) -> list[str]:
+    """The plots a result of ``kind`` offers, given its summary (none for a kind this
+    process does not know)."""
     if kind is None:
         return []
     return [name for name, spec in kind.plots.items()
             if spec.available is None or spec.available(summary)]
 
 
-def render_plot(db: Database, *, job_id: str, kind_name: str, summary: dict[str, Any],
-                name: str, image_format: ImageFormat, query: dict[str, str]) -> bytes:
-    """The plot ``name`` as SVG or PNG bytes (rendered on first request, then cached)."""
-    kind = get_kind(kind_name)
+def render_plot(db: Database, *, job_id: str, kind: JobKind[Any] | None, kind_name: str,
+                summary: dict[str, Any], name: str, image_format: ImageFormat,
+                query: dict[str, str]) -> bytes:
+    """The plot ``name`` of a result of ``kind`` (named ``kind_name``) as SVG or PNG bytes
+    (rendered on first request, then cached)."""
     spec = _spec(kind, kind_name, name, summary)
     options = _options(spec, name, query)
     key = urlencode(sorted((k, str(v)) for k, v in options.items()))
@@ -61,7 +63,7 @@ def render_plot(db: Database, *, job_id: str, kind_name: str, summary: dict[str,
 
 def _spec(kind: JobKind[Any] | None, kind_name: str, name: str, summary: dict[str, Any]
           ) -> PlotSpec:
-    names = plot_names(kind_name, summary)
+    names = plot_names(kind, summary)
     if kind is None or name not in names:
         raise NotFound(f"A {kind_name} result has no plot '{name}'; its plots are: "
                        f"{', '.join(names) or 'none'}.", code="unknown_plot")

@@ -1,10 +1,13 @@
-"""The registry of job kinds: how an explanation method plugs into the job system.
+"""Job kinds: how an explanation method plugs into the service, and the registry of the
+kinds a process knows.
 
-A method joins by calling :func:`register_kind` with a :class:`JobKind` in a module the
-worker and the API import: the modules in :data:`BUILTIN_KIND_MODULES`, plus those named,
-comma-separated, in the environment variable ``TABXAI_EXTRA_KINDS`` (for plug-ins and the
-test suite's test-only kinds; read once, by every process, the first time a kind is
-looked up).
+A method is a module that defines its kind as a constant, ``KIND = JobKind(...)`` (or
+several, ``KINDS = [...]``); importing it registers nothing. Each process fills a
+:class:`KindRegistry` once, at start-up (``service.startup.register_methods``: the
+built-in methods, plus the modules named, comma-separated, in ``TABXAI_EXTRA_KINDS``, for
+plug-ins and the test suite's test-only kinds); the API checks jobs against it, the
+worker claims the jobs of its kinds, and a job process finds its kind again in the
+module the registry names (:func:`find_kind`).
 
 A kind has four parts, each called at a fixed point of a job's life:
 
@@ -30,15 +33,15 @@ A kind has four parts, each called at a fixed point of a job's life:
 Errors in ``run``: :class:`JobInputError`, ``models.errors.ModelError`` and ``ValueError``
 mean bad input and fail the job at once with their code and message; ``MemoryError``
 fails it with ``out_of_memory``; anything else is an infrastructure error, retried.
+
+This module is the bottom of the job system: it imports neither the jobs (queue, worker,
+HTTP side) nor the methods, so both can depend on it.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
-import os
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -61,34 +64,21 @@ if TYPE_CHECKING:
     from service.results.arrays import ArrayWriter
 
 __all__ = [
-    "BUILTIN_KIND_MODULES",
     "Axis",
-    "EXTRA_KINDS_ENV",
     "CheckContext",
     "DatasetInfo",
     "JobInputError",
     "JobKind",
     "JobOutput",
+    "KindRegistry",
+    "KindRegistryError",
     "PlotSpec",
     "RunContext",
-    "get_kind",
-    "kind_names",
-    "load_kind_modules",
-    "register_kind",
+    "RunResources",
+    "find_kind",
+    "kinds_of_module",
     "stage_progress",
 ]
-
-log = logging.getLogger("tabxai.jobs.kinds")
-
-BUILTIN_KIND_MODULES: tuple[str, ...] = (
-    "service.methods.tree_shap",
-    "service.methods.permutation",
-    "service.methods.feature_vectors",
-    "service.methods.rashomon",
-)
-"""Modules that register the shipped kinds (the explanation methods) when imported."""
-
-EXTRA_KINDS_ENV = "TABXAI_EXTRA_KINDS"
 
 
 class JobInputError(Exception):
@@ -284,11 +274,6 @@ class JobKind[P: BaseModel]:
     plots: Mapping[str, PlotSpec] = field(default_factory=dict)
     result_advice: str = "explain fewer rows (max_rows)"
 
-    @property
-    def module(self) -> str:
-        """The module that registers this kind; a job process imports it to find it."""
-        return self.run.__module__
-
 
 def stage_progress(progress: ProgressCallback, weights: Mapping[str, float], *,
                    start: float = 0.0, end: float = 1.0) -> ProgressCallback:
@@ -317,39 +302,99 @@ def stage_progress(progress: ProgressCallback, weights: Mapping[str, float], *,
     return report
 
 
-_registry: dict[str, JobKind[Any]] = {}
-_loaded = False
-_load_lock = threading.Lock()
+class KindRegistryError(Exception):
+    """A module named as holding job kinds cannot give them, or two give the same name.
+
+    Raised at start-up (a process must not serve with a kind missing); the message names
+    the module and what to change.
+    """
 
 
-def register_kind(kind: JobKind[Any]) -> JobKind[Any]:
-    """Add ``kind`` to the registry (re-registering from the same module replaces it)."""
-    existing = _registry.get(kind.name)
-    if existing is not None and existing.module != kind.module:
-        raise ValueError(f"job kind {kind.name!r} is already registered by {existing.module}")
-    _registry[kind.name] = kind
-    return kind
+class KindRegistry:
+    """The job kinds one process knows, by name, each with the module that defines it.
+
+    Filled at start-up (``service.startup.register_methods``), then only read: the API
+    looks kinds up by name, the worker claims jobs of :meth:`names` and preloads
+    :meth:`modules` into the fork server its job processes start from.
+    """
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, JobKind[Any]] = {}
+        self._modules: dict[str, str] = {}
+
+    def register(self, kind: JobKind[Any], *, module: str) -> JobKind[Any]:
+        """Add ``kind``, defined as ``KIND`` or in ``KINDS`` of ``module`` (where a job
+        process finds it again). Registering a name again from the same module replaces
+        it; from another module is an error."""
+        if not isinstance(kind, JobKind):
+            raise KindRegistryError(f"{module}: {kind!r} is not a JobKind")
+        existing = self._modules.get(kind.name)
+        if existing is not None and existing != module:
+            raise KindRegistryError(f"the job kind {kind.name!r} of {module} is already "
+                                    f"registered by {existing}; give it another name")
+        self._kinds[kind.name] = kind
+        self._modules[kind.name] = module
+        return kind
+
+    def register_module(self, module: str) -> tuple[JobKind[Any], ...]:
+        """Import ``module`` and register its ``KIND`` / ``KINDS``."""
+        kinds = kinds_of_module(module)
+        for kind in kinds:
+            self.register(kind, module=module)
+        return kinds
+
+    def get(self, name: str) -> JobKind[Any] | None:
+        return self._kinds.get(name)
+
+    def names(self) -> list[str]:
+        """The names of the kinds, sorted."""
+        return sorted(self._kinds)
+
+    def module_of(self, name: str) -> str:
+        """The module that defines the kind ``name`` (KeyError when there is none)."""
+        return self._modules[name]
+
+    def modules(self) -> list[str]:
+        """The modules that define the kinds, each once, in registration order."""
+        return list(dict.fromkeys(self._modules.values()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+    def __len__(self) -> int:
+        return len(self._kinds)
 
 
-def get_kind(name: str) -> JobKind[Any] | None:
-    load_kind_modules()
-    return _registry.get(name)
+def kinds_of_module(module: str) -> tuple[JobKind[Any], ...]:
+    """The kinds ``module`` defines: its ``KIND``, then those of its ``KINDS``."""
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:
+        raise KindRegistryError(f"cannot import the job kind module {module!r}: {exc}") \
+            from exc
+    found: list[Any] = []
+    if hasattr(loaded, "KIND"):
+        found.append(loaded.KIND)
+    kinds = getattr(loaded, "KINDS", ())
+    if isinstance(kinds, Mapping):
+        kinds = kinds.values()
+    if not isinstance(kinds, Iterable):
+        raise KindRegistryError(f"KINDS of the module {module!r} is not a list of JobKind")
+    found.extend(kinds)
+    if not found:
+        raise KindRegistryError(f"the module {module!r} defines no job kind: give it "
+                                "KIND = JobKind(...) or KINDS = [JobKind(...), ...]")
+    for kind in found:
+        if not isinstance(kind, JobKind):
+            raise KindRegistryError(f"the module {module!r} gives {kind!r} as a job kind, "
+                                    "not a JobKind")
+    return tuple(found)
 
 
-def kind_names() -> list[str]:
-    load_kind_modules()
-    return sorted(_registry)
-
-
-def load_kind_modules() -> None:
-    """Import the built-in kind modules and those of ``TABXAI_EXTRA_KINDS``, once."""
-    global _loaded
-    if _loaded:
-        return
-    with _load_lock:
-        if _loaded:
-            return
-        extra = [m.strip() for m in os.environ.get(EXTRA_KINDS_ENV, "").split(",") if m.strip()]
-        for module in (*BUILTIN_KIND_MODULES, *extra):
-            importlib.import_module(module)
-        _loaded = True
+def find_kind(module: str, name: str) -> JobKind[Any]:
+    """The kind ``name`` of ``module``: how a job process, which has no registry, finds
+    the kind it runs (the worker sends it the module the registry names)."""
+    for kind in kinds_of_module(module):
+        if kind.name == name:
+            return kind
+    raise KindRegistryError(f"the module {module!r} defines no job kind {name!r}")
