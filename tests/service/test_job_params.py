@@ -25,6 +25,7 @@ from service.db import Database
 from service.jobs.queue import claim_next_job
 from service.jobs.tables import JobRecord
 from service.jobs.worker import Worker, _run_job
+from service.startup import method_registry
 from tests.model_files import SavedModel
 from tests.service.jobs_testkinds import job_row
 from tests.service.test_datasets import assert_problem
@@ -46,7 +47,7 @@ def _run_here(db: Database, settings: Settings, job_id: str, kind: str) -> None:
     lease = claim_next_job(db, worker="here", queues=["any", "cpu"], kinds=[kind],
                            prefer_gpu=False, lease_seconds=120)
     assert lease is not None and lease.job_id == job_id
-    spec = Worker(db, settings)._job_spec(lease)
+    spec = Worker(db, settings, method_registry(settings))._job_spec(lease)
     events: Any = _Events()
     assert _run_job(spec, db, events, threading.Event()) == ("succeeded",)
 
