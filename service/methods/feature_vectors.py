@@ -74,6 +74,14 @@ def check(ctx: CheckContext[FeatureVectorsJobParams]) -> None:
     except ValueError as exc:
         raise Unprocessable(str(exc), code="invalid_params") from exc
     if ctx.model is None:
+        if ctx.params.feature_groups:
+            # Without a model the method one-hot encodes text columns and groups them
+            # back itself; groups of model columns would be silently replaced.
+            raise Unprocessable(
+                "feature_groups merges the columns of an uploaded model; without model_id "
+                "the default forest groups each text column's one-hot columns itself. "
+                "Leave feature_groups out, or send the model_id whose columns they name.",
+                code="invalid_params")
         # The default forest is trained on the target: every row needs a label.
         require_complete_target(ctx.dataset)
         return None

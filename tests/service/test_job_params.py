@@ -167,4 +167,9 @@ def test_feature_groups_that_overlap_or_take_a_column_name_are_422(
         problem = assert_problem(client.post("/v1/jobs", json={
             **body, "params": {"feature_groups": groups}}), 422, "invalid_params")
         assert fragment in problem["detail"]
+    # Model-free, the method groups one-hot columns itself: groups would be ignored.
+    problem = assert_problem(client.post("/v1/jobs", json={
+        "kind": "feature_vectors", "dataset_id": body["dataset_id"],
+        "params": {"feature_groups": {"a": ["f0", "f1"]}}}), 422, "invalid_params")
+    assert "Leave feature_groups out" in problem["detail"]
     assert client.get("/v1/jobs").json()["items"] == []
