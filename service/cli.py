@@ -10,8 +10,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.config import Settings
+
+if TYPE_CHECKING:
+    from service.db import Database
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.func(args, settings) or 0)
 
 
-def _database(settings: Settings):  # type: ignore[no-untyped-def]
+def _database(settings: Settings) -> Database:
     from service.db import Database
 
     settings.ensure_dirs()
@@ -83,7 +87,7 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     return _bootstrap_key(db, settings)
 
 
-def _bootstrap_key(db, settings: Settings) -> int:  # type: ignore[no-untyped-def]
+def _bootstrap_key(db: Database, settings: Settings) -> int:
     """TABXAI_BOOTSTRAP_KEY / TABXAI_KEY_FILE: the deployment's first key (service.bootstrap)."""
     from service.bootstrap import BootstrapKeyError, ensure_bootstrap_key
 

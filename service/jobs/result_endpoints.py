@@ -226,8 +226,8 @@ def _attachment(job_id: str, name: str, suffix: str, size: int | None = None
 
 def _json_rows(rows: np.ndarray) -> list[Any]:
     if rows.dtype.kind in "iu":
-        return rows.tolist()  # type: ignore[no-any-return]
+        return rows.tolist()
     # str() of a float32 is its shortest round-trip form (0.1, not 0.10000000149...).
     flat = [None if v != v or v in (np.inf, -np.inf) else float(str(v))
             for v in rows.reshape(-1)]
-    return np.array(flat, dtype=object).reshape(rows.shape).tolist()  # type: ignore[no-any-return]
+    return np.array(flat, dtype=object).reshape(rows.shape).tolist()

@@ -212,10 +212,10 @@ register_in_use_check(job_in_use_reason)
 def job_out(job: JobRecord) -> JobOut:
     return JobOut(
         eta_seconds=eta_seconds(job, utcnow()),
-        id=job.id, kind=job.kind, status=job.status,  # type: ignore[arg-type]
+        id=job.id, kind=job.kind, status=job.status,
         progress=job.progress, stage=job.stage, model_id=job.model_id,
-        dataset_id=job.dataset_id, params=job.params, device=job.device,  # type: ignore[arg-type]
-        device_used=job.device_used,  # type: ignore[arg-type]
+        dataset_id=job.dataset_id, params=job.params, device=job.device,
+        device_used=job.device_used,
         attempts=job.attempts, error=JobError(**job.error) if job.error else None,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         estimate=job.estimate, queue=job.queue, cancel_requested=job.cancel_requested,

@@ -74,7 +74,8 @@ class Axis:
     labels (as many as the axis has entries)."""
 
     name: str
-    labels: tuple[str, ...] | None = None
+    labels: Sequence[str] | None = None
+    """Stored as a tuple of str, whatever sequence was given."""
 
     def __post_init__(self) -> None:
         if not 0 < len(self.name) <= 100:
@@ -122,7 +123,8 @@ class ArrayMeta:
     @property
     def labels(self) -> tuple[str, ...] | None:
         """Labels of the last axis after the row axis (None for a 1-D array)."""
-        return self.dims[-1].labels if len(self.dims) > 1 else None
+        labels = self.dims[-1].labels if len(self.dims) > 1 else None
+        return None if labels is None else tuple(labels)
 
     @classmethod
     def of(cls, row: ResultArray) -> ArrayMeta:
