@@ -45,7 +45,7 @@ def load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> Loa
     else:
         file_task, n_classes = "regression", None
     n_features = booster.num_feature()
-    names = booster.feature_name()
+    names: list[str] | None = booster.feature_name()
     if names == [f"Column_{i}" for i in range(n_features)]:
         names = None  # LightGBM's placeholder names for a model trained without names
     details: dict[str, Any] = {

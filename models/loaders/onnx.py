@@ -301,7 +301,7 @@ class _OnnxPredictor:
         parts = []
         for start in range(0, X.shape[0], b):
             chunk = X[start : start + b]
-            padded = np.zeros((b, X.shape[1]), dtype=self._dtype)
+            padded: np.ndarray = np.zeros((b, X.shape[1]), dtype=self._dtype)
             padded[: chunk.shape[0]] = chunk
             out = self._session.run([self._output], {self._input: padded})[0]
             parts.append(np.asarray(out, dtype=np.float64).reshape(b, -1)[: chunk.shape[0]])

@@ -68,11 +68,12 @@ def load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> Load
     if categories:
         # XGBoost re-codes a DataFrame's categories to these and refuses any other value.
         details["unseen_categories"] = "error"
+    names = booster.feature_names
     return LoadedParts(
         kind="other" if booster_kind == "gblinear" else "tree",
         task=file_task,
         n_features=booster.num_features(),
-        feature_names=booster.feature_names,
+        feature_names=None if names is None else list(names),
         n_outputs=n_outputs,
         n_classes=n_classes,
         categories_by_index=categories,
@@ -116,7 +117,7 @@ class _XGBoostPredictor:
         if margin is not None:
             if predict_type == "margin":
                 return margin
-            return self._identity_booster().inplace_predict(  # type: ignore[no-any-return]
+            return self._identity_booster().inplace_predict(
                 np.zeros((margin.shape[0], 1), dtype=np.float32), predict_type=predict_type,
                 base_margin=margin)
         assert X is not None
@@ -126,7 +127,7 @@ class _XGBoostPredictor:
             return cupy.asnumpy(
                 self._booster.inplace_predict(cupy.asarray(X), predict_type=predict_type)
             )
-        return self._booster.inplace_predict(X, predict_type=predict_type)  # type: ignore[no-any-return]
+        return self._booster.inplace_predict(X, predict_type=predict_type)
 
     def raw(self, X: npt.NDArray[np.float64] | None,
             margin: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float64]:
