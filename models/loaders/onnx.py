@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.errors import InvalidModel, first_line
+from models.gpu import onnxruntime_cuda
 from models.loaded import Device
 from models.loaders.parts import LoadedParts
 from models.loaders.probabilities import sigmoid, softmax, two_columns
@@ -266,9 +267,7 @@ class _OnnxPredictor:
         self._width = width
 
     def use_device(self, device: Device) -> str:
-        import onnxruntime
-
-        if device == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        if device == "cuda" and onnxruntime_cuda():
             if "cuda" not in self._sessions:
                 session = _onnx_session(
                     self._bytes, [_ONNX_CUDA, "CPUExecutionProvider"], self._n_threads

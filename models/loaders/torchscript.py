@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.errors import InvalidModel, UnsupportedModelFormat, first_line
+from models.gpu import torch_cuda
 from models.loaded import Device
 from models.loaders.parts import LoadedParts
 from models.loaders.probabilities import sigmoid, softmax, two_columns
@@ -89,9 +90,7 @@ class _TorchPredictor:
         self._width = width
 
     def use_device(self, device: Device) -> str:
-        import torch
-
-        target = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        target = "cuda" if device == "cuda" and torch_cuda() else "cpu"
         if target != self._device:
             self._module.to(target)
             self._device = target

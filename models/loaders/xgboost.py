@@ -8,7 +8,6 @@ with this model's objective and one zero leaf, so the transform is XGBoost's, bi
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,12 @@ import numpy as np
 import numpy.typing as npt
 
 from models.errors import InvalidModel, UnsupportedOutput, first_line
+from models.gpu import cupy_cuda
 from models.loaded import Device
 from models.loaders.parts import LoadedParts
 from models.loaders.probabilities import sigmoid, softmax, two_columns
 
 __all__ = ["load_xgboost", "identity_booster", "booster_nthread"]
-
-logger = logging.getLogger(__name__)
 
 
 def load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> LoadedParts:
@@ -104,7 +102,7 @@ class _XGBoostPredictor:
         self._identity: Any = None
 
     def use_device(self, device: Device) -> str:
-        if device == "cuda" and self._device != "cuda" and _xgboost_cuda_available():
+        if device == "cuda" and self._device != "cuda" and cupy_cuda():
             self._booster.set_param({"device": "cuda"})
             self._device = "cuda"
         elif device == "cpu" and self._device != "cpu":
@@ -219,25 +217,3 @@ def booster_nthread(booster: Any) -> int:
     """The ``nthread`` an XGBoost booster predicts with (0: every core)."""
     config = json.loads(booster.save_config())
     return int(config["learner"]["generic_param"].get("nthread", "0") or 0)
-
-
-_xgboost_cuda: bool | None = None
-
-
-def _xgboost_cuda_available() -> bool:
-    """Whether XGBoost can predict on a GPU here: built with CUDA, cupy and a device present."""
-    global _xgboost_cuda
-    if _xgboost_cuda is None:
-        import xgboost
-
-        _xgboost_cuda = False
-        if xgboost.build_info().get("USE_CUDA"):
-            try:
-                import cupy
-
-                _xgboost_cuda = cupy.cuda.runtime.getDeviceCount() > 0
-            except ImportError:
-                logger.info("cupy is not installed: XGBoost predicts on the CPU")
-            except cupy.cuda.runtime.CUDARuntimeError:
-                logger.info("no CUDA device: XGBoost predicts on the CPU")
-    return _xgboost_cuda
