@@ -24,10 +24,10 @@ from models.loaders.sklearn import (
     load_skops,
 )
 from models.loaders.torchscript import load_torchscript
-from models.loaders.xgboost import booster_nthread, identity_booster, load_xgboost
+from models.loaders.xgboost import load_xgboost
 
 __all__ = ["load_model", "TASKS", "SKOPS_ALLOWED_BUILTINS", "SKOPS_ALLOWED_FUNCTIONS",
-           "ONNX_NAMES_KEY", "identity_booster", "booster_nthread"]
+           "ONNX_NAMES_KEY"]
 
 TASKS = ("regression", "binary", "multiclass")
 
@@ -144,4 +144,7 @@ def _assemble(
         details=parts.details,
         native=parts.native,
         predictor=parts.predictor,
+        capabilities=parts.capabilities,
+        serial_predict=parts.serial_predict,
+        probability_dtype=parts.probability_dtype,
     )

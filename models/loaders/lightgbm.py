@@ -86,6 +86,7 @@ def load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> Loa
         details=details,
         native=booster,
         predictor=_LightGBMPredictor(booster, file_task, n_outputs, n_threads),
+        capabilities=frozenset({"tree_ensemble"}),
     )
 
 
@@ -153,7 +154,7 @@ class _LightGBMPredictor:
         self._n_outputs = n_outputs
         self._params = {} if n_threads is None else {"num_threads": n_threads}
 
-    def use_device(self, device: Device) -> str:
+    def use_device(self, device: Device) -> Device:
         return "cpu"  # LightGBM's prediction has no GPU path
 
     def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -186,6 +186,7 @@ def _sklearn_parts(estimator: Any) -> LoadedParts:
         predictor=_SklearnPredictor(estimator, file_task, n_outputs, decision,
                                        frame=(list(names), labels)
                                        if needs_frame and names is not None else None),
+        capabilities=frozenset({"tree_ensemble"}),
     )
 
 
@@ -298,7 +299,7 @@ class _SklearnPredictor:
 
         self._sklearn_config = sklearn.get_config
 
-    def use_device(self, device: Device) -> str:
+    def use_device(self, device: Device) -> Device:
         return "cpu"
 
     def _call(self, method: str, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:

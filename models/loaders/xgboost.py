@@ -3,6 +3,8 @@
 Prediction is XGBoost's own ``inplace_predict``, on the GPU when XGBoost was built with
 CUDA and cupy finds a device; predictions from accumulated margins go through a booster
 with this model's objective and one zero leaf, so the transform is XGBoost's, bit for bit.
+A gbtree model declares the capabilities built on that: ``predict_from_margin`` and
+``tree_subsets`` (``models.tree_subsets``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.capabilities import Capability
 from models.errors import InvalidModel, UnsupportedOutput, first_line
 from models.gpu import cupy_cuda
 from models.loaded import Device
 from models.loaders.parts import LoadedParts
 from models.loaders.probabilities import sigmoid, softmax, two_columns
+from models.tree_subsets import TreeSubsets
 
 __all__ = ["load_xgboost", "identity_booster", "booster_nthread"]
 
@@ -66,6 +70,9 @@ def load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> Load
     if categories:
         # XGBoost re-codes a DataFrame's categories to these and refuses any other value.
         details["unseen_categories"] = "error"
+    capabilities: set[Capability] = {"tree_ensemble"}
+    if booster_kind == "gbtree":
+        capabilities |= {"predict_from_margin", "tree_subsets"}
     names = booster.feature_names
     return LoadedParts(
         kind="other" if booster_kind == "gblinear" else "tree",
@@ -78,6 +85,9 @@ def load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> Load
         details=details,
         native=booster,
         predictor=_XGBoostPredictor(booster, objective, n_outputs),
+        capabilities=frozenset(capabilities),
+        # XGBoost computes probabilities in float32 (XGBClassifier.predict_proba's dtype)
+        probability_dtype=np.dtype(np.float32),
     )
 
 
@@ -98,10 +108,10 @@ class _XGBoostPredictor:
         self._booster = booster
         self._objective = objective
         self._n_outputs = n_outputs
-        self._device = "cpu"
+        self._device: Device = "cpu"
         self._identity: Any = None
 
-    def use_device(self, device: Device) -> str:
+    def use_device(self, device: Device) -> Device:
         if device == "cuda" and self._device != "cuda" and cupy_cuda():
             self._booster.set_param({"device": "cuda"})
             self._device = "cuda"
@@ -163,6 +173,12 @@ class _XGBoostPredictor:
         margin = np.ascontiguousarray(margin, dtype=np.float32).reshape(-1, self._n_outputs)
         compute = {"raw": self.raw, "probability": self.probability, "label": self.label}
         return compute[output](None, margin)
+
+    def tree_subsets(self) -> TreeSubsets | None:
+        """The model's trees in any subset (see ``models.tree_subsets``), read afresh: the
+        caller keeps the subsets' boosters for as long as it holds the object."""
+        return TreeSubsets.read(self._booster, identity=self._identity_booster(),
+                                nthread=booster_nthread(self._booster))
 
     def _identity_booster(self) -> Any:
         if self._identity is None:

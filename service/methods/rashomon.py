@@ -171,10 +171,9 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     def predict(rows: np.ndarray) -> np.ndarray:
         with sklearn.config_context(assume_finite=finite):
             return model.predict(rows, output=output, device=ctx.device)
-    # One tiny call places the model: where it runs (a scikit-learn model on a GPU worker
-    # stays on the CPU) sets the size of the calls.
-    predict(X[:2])
-    device_used = getattr(model, "device_used", None) or "cpu"
+    # Where the model runs (a scikit-learn model on a GPU worker stays on the CPU) sets
+    # the size of the calls.
+    device_used = model.place(ctx.device)
     # The predict calls are many and small: BLAS threads inside one call only add
     # hand-offs, so the worker's cores run whole calls side by side instead (the numbers
     # do not depend on it).
@@ -193,7 +192,7 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state)}
     return JobOutput(summary=summary, arrays=result.arrays(), array_dims=array_dims(result),
-                     device_used=getattr(model, "device_used", None))
+                     device_used=device_used)
 
 
 def array_dims(result: RashomonResult) -> dict[str, list[Axis]]:
