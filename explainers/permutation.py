@@ -463,7 +463,7 @@ def _permutations(n_rows: int, params: PermutationParams
 
 
 class _PredictionScorer:
-    """A scikit-learn scorer evaluated on a Predictor's outputs instead of an estimator."""
+    """A scikit-learn scorer evaluated on a model's outputs instead of an estimator."""
 
     def __init__(self, model: PredictiveModel, params: PermutationParams,
                  device: Device) -> None:
