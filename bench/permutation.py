@@ -135,7 +135,7 @@ def run_case(label: str, model: Any, estimator: Any, X: np.ndarray, y: np.ndarra
     sys.stdout.write(
         f"{label:<28} sklearn default {t_default:7.2f}s  sklearn n_jobs=-1 {t_all:7.2f}s  "
         f"ours {t_ours:7.2f}s ({ours.provenance['path']}, "
-        f"{getattr(model, 'device_used', None) or 'cpu'})  "
+        f"{model.place(device)})  "
         f"vs default x{t_default / t_ours:5.2f}  vs best x{best / t_ours:5.2f}  "
         f"max|diff| {diff:.1e}\n")
     if device == "cuda":

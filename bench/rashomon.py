@@ -99,8 +99,8 @@ def run_gpu(args: argparse.Namespace) -> None:
     def predict(rows: np.ndarray) -> np.ndarray:
         return model.predict(rows, device="cuda")
 
-    predict(X[:2])
-    device = getattr(model, "device_used", None) or "cpu"
+    predict(X[:2])  # the first call starts the library on the device, outside the timings
+    device = model.place("cuda")
     batch_rows = batch_rows_for(p, device)
     logger.info("GPU case: %d rows x %d features, ONNX MLP (64, 64), mse, epsilon_rate 0.05; "
                 "model on %s, %d rows per call, %d threads", n, p, device, batch_rows,

@@ -4,7 +4,8 @@ The score of a model drops when one feature's values are shuffled across rows; t
 is that feature's importance (Breiman 2001). This module reproduces
 ``sklearn.inspection.permutation_importance`` exactly — the same permutations for the same
 ``random_state``, the same row subsample, the same scorer arithmetic — on any
-:class:`Predictor`, without wrapping it as a scikit-learn estimator:
+:class:`models.capabilities.PredictiveModel`, without wrapping it as a scikit-learn
+estimator:
 
 - ``random_state`` seeds a ``RandomState`` that draws ONE seed; every feature starts a
   fresh ``RandomState(seed)``, draws its row subsample (when ``max_samples`` is below the
@@ -18,17 +19,21 @@ is that feature's importance (Breiman 2001). This module reproduces
 Groups of features (which scikit-learn does not have) get one row permutation applied
 to all their columns together.
 
-Speed: features run in threads (predict calls release the GIL); each thread owns one
-working copy of the rows and restores a column after its repeats. For XGBoost gbtree
-models (regressors and classifiers), a feature that only some trees split on is re-scored
-by evaluating those trees alone, in one call, and re-adding every tree's output in the
-library's own float32 order, with the objective applied by XGBoost itself; the result is
-checked bit for bit against the model's predictions first and abandoned for the plain
-path when it does not match. Other libraries (LightGBM, forests) take the plain path:
-they sum trees in float64 in an order this module does not reproduce. An ONNX model on a
-GPU gets the rows and the permutations once and builds each permuted copy there, in
-nodes put in front of its graph (``models.onnx_permuted``), every repeat of a feature in
-one call; on the CPU it gets its working copy in float32, the dtype it computes in.
+Speed: features run in threads (predict calls release the GIL) unless the model declares
+``serial_predict``; each thread owns one working copy of the rows and restores a column
+after its repeats. The paths beyond plain prediction follow the model's declared
+capabilities (``models.capabilities``), never the library it came from. A model with
+``tree_subsets`` and ``predict_from_margin`` (XGBoost gbtree regressors and classifiers)
+re-scores a feature that only some trees split on by evaluating those trees alone, in one
+call, and re-adding every tree's output in the library's own float32 order, with the
+objective applied by the library itself; the result is checked bit for bit against the
+model's predictions first and abandoned for the plain path when it does not match. Other
+tree models (LightGBM, forests) declare neither and take the plain path: they sum trees
+in float64 in an order this module does not reproduce. A model with ``permuted_predictor``
+(an ONNX graph) placed on a GPU gets the rows and the permutations once and builds each
+permuted copy there, in nodes put in front of its graph (``models.onnx_permuted``), every
+repeat of a feature in one call; on the CPU it gets its working copy in its
+``input_dtype`` (float32 for most graphs), the dtype it computes in.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -49,10 +54,17 @@ from sklearn.metrics import get_scorer, get_scorer_names
 from sklearn.utils.random import sample_without_replacement
 
 from explainers.progress import ProgressCallback, no_progress
+from models.capabilities import (
+    PredictiveModel,
+    TreeSubsetModel,
+    has_permuted_predictor,
+    has_tree_subsets,
+)
+from models.loaded import Device
+from models.tree_subsets import TreeSubsets
 from models.versions import installed_versions
 
 __all__ = [
-    "Predictor",
     "PermutationParams",
     "PermutationResult",
     "PermutationParamsError",
@@ -68,34 +80,6 @@ logger = logging.getLogger(__name__)
 
 Task = Literal["regression", "binary", "multiclass"]
 Output = Literal["raw", "probability", "label"]
-
-
-class Predictor(Protocol):
-    """What permutation importance needs from a model (``models.loaded.LoadedModel`` fits).
-
-    task: "regression", "binary" or "multiclass".
-    classes: the class labels in output order for classifiers (``predict(output="label")``
-        returns indices into it), None for regression.
-    predict(X float64 [n, F], output=...): "label" — float predictions [n] for regression,
-        int class indices [n] for classifiers; "probability" — [n, K]; "raw" — margins
-        [n, n_outputs].
-
-    Optional attributes, read with ``getattr``:
-    response_methods: the scikit-learn response methods the original estimator has
-        ({"predict", "predict_proba", "decision_function"}); it decides which one a
-        scorer such as ``roc_auc`` uses, as in scikit-learn. Default: {"predict"} for
-        regressors, {"predict", "predict_proba"} for classifiers. "decision_function" maps
-        to ``output="raw"``.
-    kind, format, native, n_outputs, predict_from_margin(margin, output=...): for an
-        XGBoost model (format "xgboost", native ``xgboost.Booster``), re-evaluating only
-        the trees a feature touches.
-    """
-
-    task: str
-    classes: Any
-
-    def predict(self, X: npt.NDArray[np.float64], *, output: Output = "label",
-                device: str = "cpu", batch_rows: int | None = None) -> np.ndarray: ...
 
 
 class PermutationParamsError(ValueError):
@@ -289,7 +273,7 @@ class PermutationResult:
 
 
 def permutation_importance(
-    model: Predictor,
+    model: PredictiveModel,
     X: npt.NDArray[np.float64],
     y: npt.ArrayLike,
     *,
@@ -300,12 +284,19 @@ def permutation_importance(
     feature_names: Sequence[str],
     features: Sequence[str] | Sequence[Sequence[str]] | None = None,
     n_jobs: int = -1,
-    device: str = "cpu",
+    device: Device = "cpu",
     path: Literal["auto", "plain", "tree_subset", "graph"] = "auto",
     progress: ProgressCallback = no_progress,
 ) -> PermutationResult:
     """Permutation importance of each feature (or group) of ``model`` on ``X``, ``y``.
 
+    model: any :class:`models.capabilities.PredictiveModel` (``LoadedModel`` is one); its
+        declared capabilities choose the faster paths. An optional ``response_methods``
+        attribute names the scikit-learn response methods the original estimator has
+        ({"predict", "predict_proba", "decision_function"}); it decides which one a
+        scorer such as ``roc_auc`` uses, as in scikit-learn. Default: {"predict"} for
+        regressors, {"predict", "predict_proba"} for classifiers. "decision_function"
+        maps to ``output="raw"``.
     X: float64 [n_rows, n_features], columns in the model's feature order.
     y: [n_rows] true targets: numbers for regression; for classifiers the true class
         LABELS, values of ``model.classes`` (as scikit-learn's ``y``), not class indices.
@@ -314,14 +305,16 @@ def permutation_importance(
     max_samples: rows per feature's repeats, a fraction in (0, 1] or a count <= n_rows;
         the baseline score always uses every row (as scikit-learn does).
     features: names, or lists of names permuted together; default every feature.
-    n_jobs: threads over features; -1 means every core. ONNX models take one feature
-        at a time whatever n_jobs says: onnxruntime runs each call on its own threads.
+    n_jobs: threads over features; -1 means every core. A model declaring
+        ``serial_predict`` (ONNX) takes one feature at a time whatever n_jobs says: its
+        library runs each call on its own threads.
     device: passed to ``model.predict``.
     path: "auto" re-evaluates only the trees that split on a permuted feature where that
-        is exact and measured to be cheaper; "tree_subset" uses that path wherever it is
-        exact (for tests); for an ONNX model on a GPU it builds the permuted copies on
-        the GPU, in front of the model's graph ("graph" does that on the CPU too, for
-        tests); "plain" always calls ``model.predict``. The numbers are the same on
+        is exact and measured to be cheaper (a model with ``tree_subsets``); "tree_subset"
+        uses that path wherever it is exact (for tests); for a model with
+        ``permuted_predictor`` placed on a GPU it builds the permuted copies on the GPU,
+        in front of the model's graph ("graph" does that on the CPU too, for tests);
+        "plain" always calls ``model.predict``. The numbers are the same on
         every path (on a GPU, to the GPU's float32 rounding of larger calls).
     progress: called after each feature with the fraction done; may raise Cancelled.
 
@@ -340,20 +333,20 @@ def permutation_importance(
     params = validate_permutation_params(
         task=model.task, feature_names=feature_names, scoring=scoring, n_repeats=n_repeats,
         random_state=random_state, max_samples=max_samples, features=features,
-        classes=getattr(model, "classes", None),
+        classes=model.classes,
         response_methods=getattr(model, "response_methods", None), n_rows=X.shape[0])
     return _run(model, X, y, params, n_jobs=n_jobs, device=device, path=path,
                 progress=progress)
 
 
 def run_permutation_importance(
-    model: Predictor,
-    X: npt.NDArray[np.float64],
+    model: PredictiveModel,
+    X: npt.ArrayLike,
     y: npt.ArrayLike,
     params: PermutationParams,
     *,
     n_jobs: int = -1,
-    device: str = "cpu",
+    device: Device = "cpu",
     path: Literal["auto", "plain", "tree_subset", "graph"] = "auto",
     progress: ProgressCallback = no_progress,
 ) -> PermutationResult:
@@ -372,14 +365,13 @@ def run_permutation_importance(
                 progress=progress)
 
 
-def _run(model: Predictor, X: npt.NDArray[np.float64], y: np.ndarray,
-         params: PermutationParams, *, n_jobs: int, device: str, path: str,
+def _run(model: PredictiveModel, X: npt.NDArray[np.float64], y: np.ndarray,
+         params: PermutationParams, *, n_jobs: int, device: Device, path: str,
          progress: ProgressCallback) -> PermutationResult:
-    # onnxruntime spreads one call over every core already; two callers sharing its
-    # thread pool were measured slower per call (10.6 ms against 6.0 ms, 50k-row MLP).
-    workers = _n_workers(n_jobs, len(params.groups))
-    if getattr(model, "format", None) == "onnx":
-        workers = 1
+    # a library that spreads one call over every core (onnxruntime) runs no faster with
+    # two callers sharing its threads (10.6 ms against 6.0 ms per call, 50k-row MLP): the
+    # model declares it
+    workers = 1 if model.serial_predict else _n_workers(n_jobs, len(params.groups))
     started = time.perf_counter()
     scorer = _PredictionScorer(model, params, device)
 
@@ -398,8 +390,7 @@ def _run(model: Predictor, X: npt.NDArray[np.float64], y: np.ndarray,
     # Rows in the dtype the model computes in (float32 for ONNX): the values predict would
     # convert them to, without converting every permuted copy (0.61 s against 0.89 s for
     # 150 calls of a 50k-row MLP).
-    work_dtype = np.dtype(getattr(model, "input_dtype", np.float64)) \
-        if engine is None else np.dtype(np.float64)
+    work_dtype = np.dtype(model.input_dtype) if engine is None else np.dtype(np.float64)
 
     scores = np.empty((len(params.groups), params.n_repeats), dtype=np.float64)
     stop = threading.Event()
@@ -457,30 +448,29 @@ GRAPH_BYTES = {"cuda": 256 << 20, "cpu": 8 << 20}
 GRAPH_MAX_RESIDENT_BYTES = 2 << 30
 
 
-def _in_graph(model: Predictor, X: np.ndarray, rows: npt.NDArray[np.intp] | None,
+def _in_graph(model: PredictiveModel, X: np.ndarray, rows: npt.NDArray[np.intp] | None,
               permutations: list[npt.NDArray[np.intp]], scorer: _PredictionScorer,
-              device: str, path: str) -> Callable[[Sequence[int]], list[np.ndarray]] | None:
-    """Predictions with the permuted copies built next to the model (ONNX), or None.
+              device: Device, path: str) -> Callable[[Sequence[int]], list[np.ndarray]] | None:
+    """Predictions with the permuted copies built next to the model (a model with
+    ``permuted_predictor``: ONNX), or None.
 
     "auto" takes this path on a GPU only: on the CPU the float32 working copy costs less
     (the bench's 50,000-row MLP: 0.45-0.47 s against 0.83 s, both in 10,000-row calls).
     """
-    factory = getattr(model, "permuted_predictor", None)
-    # the baseline prediction has placed the model: device_used says where it runs
-    if path not in ("auto", "graph") or factory is None \
-            or getattr(model, "format", None) != "onnx" \
-            or (path == "auto" and getattr(model, "device_used", None) != "cuda"):
+    if path not in ("auto", "graph") or not has_permuted_predictor(model) \
+            or (path == "auto" and model.place(device) != "cuda"):
         return None
     base = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
-    itemsize = np.dtype(getattr(model, "input_dtype", np.float64)).itemsize
+    itemsize = np.dtype(model.input_dtype).itemsize
     resident = X.shape[0] * X.shape[1] * itemsize + 8 * base.shape[0] * (len(permutations) + 1)
     if resident > GRAPH_MAX_RESIDENT_BYTES:
         return None
     where = "cuda" if device == "cuda" else "cpu"
     rows_per_call = max(1, min(GRAPH_ROWS[where],
                                GRAPH_BYTES[where] // (3 * itemsize * X.shape[1])))
-    return factory(X, base, [base[order] for order in permutations],
-                   output=scorer.output, device=device, rows_per_call=rows_per_call)
+    return model.permuted_predictor(X, base, [base[order] for order in permutations],
+                                    output=scorer.output, device=device,
+                                    rows_per_call=rows_per_call)
 
 
 def _run_groups(run: Callable[[int], None], n_groups: int, workers: int,
@@ -533,9 +523,10 @@ def _permutations(n_rows: int, params: PermutationParams
 
 
 class _PredictionScorer:
-    """A scikit-learn scorer evaluated on a Predictor's outputs instead of an estimator."""
+    """A scikit-learn scorer evaluated on a model's outputs instead of an estimator."""
 
-    def __init__(self, model: Predictor, params: PermutationParams, device: str) -> None:
+    def __init__(self, model: PredictiveModel, params: PermutationParams,
+                 device: Device) -> None:
         self.model = model
         self.device = device
         self.scorer = get_scorer(params.scoring)
@@ -548,7 +539,7 @@ class _PredictionScorer:
             self.pos_index = int(np.flatnonzero(self.classes == pos_label)[0])
         # XGBClassifier.predict_proba returns float32, and scikit-learn's log loss clips
         # and sums in the dtype it is given: score what the estimator would return.
-        self.float32_probabilities = getattr(model, "format", None) == "xgboost"
+        self.probability_dtype = np.dtype(model.probability_dtype)
         self.output: Output = {"predict": "label", "predict_proba": "probability",
                                "decision_function": "raw"}[self.method]  # type: ignore[assignment]
 
@@ -563,8 +554,8 @@ class _PredictionScorer:
                 return raw.reshape(-1) if raw.ndim == 2 and raw.shape[1] == 1 else raw
             return self.classes[np.asarray(raw).reshape(-1).astype(np.intp)]
         if self.method == "predict_proba":
-            if self.float32_probabilities:  # lossless: the library computed them in float32
-                raw = raw.astype(np.float32)
+            if self.probability_dtype != np.float64:  # lossless: computed in that dtype
+                raw = raw.astype(self.probability_dtype)
             raw = _within_unit_interval(raw)
             return raw[:, self.pos_index] if self.pos_index is not None else raw
         if self.pos_index is not None:  # binary decision_function: 1-D, sign for classes[1]
@@ -609,9 +600,10 @@ class _TreeSubset:
     value, exactly); every accumulator is then re-added from the first changed tree in the
     library's own order — the same float32 operations as the library, so the same bits —
     and the model's objective is applied by XGBoost itself
-    (``LoadedModel.predict_from_margin``). XGBoost gbtree models with scalar leaves on the
-    CPU; the whole construction is checked bit for bit against the model's predictions on
-    the unpermuted rows and abandoned for the plain path when it does not match.
+    (``predict_from_margin``). Models declaring ``tree_subsets`` (XGBoost gbtree) whose
+    trees have scalar leaves, on the CPU; the whole construction is checked bit for bit
+    against the model's predictions on the unpermuted rows and abandoned for the plain
+    path when it does not match.
 
     Cost: a call with k trees costs a fixed part (reading each row's features, the
     objective) plus a part per tree (its evaluation, and writing, transposing and
@@ -630,7 +622,7 @@ class _TreeSubset:
     # base margin, output and transpose to 3 x rows x this many float32)
     BUILD_TREES = 64
 
-    def __init__(self, model: Any, scorer: _PredictionScorer, trees: _BoosterTrees,
+    def __init__(self, model: TreeSubsetModel, scorer: _PredictionScorer, trees: TreeSubsets,
                  values: np.ndarray, prefix: np.ndarray, margin: np.ndarray,
                  forced: bool) -> None:
         self.model = model
@@ -644,17 +636,12 @@ class _TreeSubset:
         self.forced = forced
 
     @classmethod
-    def build(cls, model: Predictor, X: np.ndarray, params: PermutationParams,
-              scorer: _PredictionScorer, device: str, path: str) -> _TreeSubset | None:
-        if path == "plain" or device != "cpu" or getattr(model, "kind", None) != "tree" \
-                or getattr(model, "format", None) != "xgboost" \
-                or not hasattr(model, "predict_from_margin"):
+    def build(cls, model: PredictiveModel, X: np.ndarray, params: PermutationParams,
+              scorer: _PredictionScorer, device: Device, path: str) -> _TreeSubset | None:
+        if path == "plain" or device != "cpu" or not has_tree_subsets(model):
             return None
-        native = getattr(model, "native", None)
-        if not type(native).__module__.startswith("xgboost"):
-            return None
-        trees = _BoosterTrees.read(native)
-        n_outputs = int(getattr(model, "n_outputs", 1))
+        trees = model.tree_subsets()
+        n_outputs = int(model.n_outputs)
         if trees is None or max(trees.groups, default=0) >= n_outputs:
             return None
         n = X.shape[0]
@@ -752,125 +739,6 @@ class _TreeSubset:
 
     def _from_margin(self, margin: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_from_margin(margin, output=self.scorer.output))
-
-
-class _BoosterTrees:
-    """The trees of an XGBoost gbtree Booster, evaluated in any subset, one output each.
-
-    ``evaluate(X, trees)`` loads (once per subset) a booster holding exactly those trees
-    as a multi-target regression model with tree j feeding output j and predicts with a
-    zero base margin, so output j is tree j's leaf value for every row.
-    """
-
-    def __init__(self, header: str, trees: list[str], groups: list[int],
-                 features: list[frozenset[int]], nthread: int, identity: Any) -> None:
-        self.header = header  # the model's JSON with a placeholder for the trees
-        self.tree_json = trees  # each tree's JSON object, without its "id"
-        self.groups = groups  # output group of each tree
-        self.features = features  # features each tree splits on
-        self.nthread = nthread
-        self.identity = identity
-        self.of_group = [[t for t, g in enumerate(groups) if g == k]
-                         for k in range(max(groups, default=-1) + 1)]
-        self._boosters: dict[tuple[int, ...], Any] = {}
-        self._touched: dict[tuple[int, ...], tuple[int, ...]] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def n_trees(self) -> int:
-        return len(self.groups)
-
-    @classmethod
-    def read(cls, booster: Any) -> _BoosterTrees | None:
-        import json
-
-        from models.errors import UnsupportedOutput
-        from models.loading import booster_nthread, identity_booster
-
-        try:
-            identity = identity_booster(booster)
-        except UnsupportedOutput:
-            return None
-        doc = json.loads(bytes(booster.save_raw("json")))
-        learner = doc["learner"]
-        model = learner["gradient_booster"]["model"]
-        trees = model["trees"]
-        groups = [int(g) for g in model["tree_info"]]
-        if any(float(w) != 1.0 for w in model.pop("weight_drop", None) or ()):
-            return None  # dropout-weighted trees (DART): their outputs are scaled
-        if any(int(t["tree_param"].get("size_leaf_vector", "1")) > 1 for t in trees):
-            return None
-        features = [frozenset(int(f) for f, left in zip(t["split_indices"],
-                                                        t["left_children"], strict=True)
-                              if left != -1) for t in trees]
-        tree_json = [json.dumps({k: v for k, v in t.items() if k != "id"})[1:]
-                     for t in trees]
-        learner["objective"] = {"name": "reg:squarederror",
-                                "reg_loss_param": {"scale_pos_weight": "1"}}
-        learner["attributes"] = {}
-        params = learner["learner_model_param"]
-        params["num_class"] = "0"
-        params["num_target"] = "@@K@@"
-        params["base_score"] = "@@BASE@@"
-        model["trees"] = ["@@TREES@@"]
-        model["tree_info"] = ["@@INFO@@"]
-        model["iteration_indptr"] = ["@@INDPTR@@"]
-        model["gbtree_model_param"] = {**model["gbtree_model_param"],
-                                       "num_trees": "@@K@@", "num_parallel_tree": "1"}
-        return cls(json.dumps(doc), tree_json, groups, features, booster_nthread(booster),
-                   identity)
-
-    def touched(self, cols: Sequence[int]) -> tuple[int, ...]:
-        key = tuple(cols)
-        found = self._touched.get(key)
-        if found is None:
-            wanted = set(cols)
-            found = tuple(t for t, used in enumerate(self.features) if used & wanted)
-            self._touched[key] = found
-        return found
-
-    def base_margin(self, n_outputs: int) -> np.ndarray:
-        """The float32 value XGBoost starts each output's accumulator from."""
-        base = self.identity.inplace_predict(np.zeros((1, 1), dtype=np.float32),
-                                             predict_type="margin")
-        return np.asarray(base, dtype=np.float32).reshape(-1)[:n_outputs]
-
-    def evaluate(self, X: np.ndarray, trees: tuple[int, ...], *,
-                 cache: bool = True) -> np.ndarray:
-        """float32 [n_rows, len(trees)]: each tree's leaf value for each row of X.
-
-        cache: keep the booster of this subset for the next call with it.
-        """
-        booster = self._booster(trees, cache=cache)
-        # the booster's base score is 0 for every output: no base margin to pass (a
-        # rows x trees array of zeros cost more than the trees' evaluation on wide subsets)
-        out = booster.inplace_predict(X, predict_type="margin")
-        return np.asarray(out, dtype=np.float32).reshape(X.shape[0], len(trees))
-
-    def _booster(self, trees: tuple[int, ...], *, cache: bool = True) -> Any:
-        booster = self._boosters.get(trees)
-        if booster is not None:
-            return booster
-        import xgboost
-
-        k = len(trees)
-        text = (self.header
-                .replace('"@@TREES@@"', ",".join(f'{{"id":{j},{self.tree_json[t]}'
-                                                 for j, t in enumerate(trees)))
-                .replace('"@@INFO@@"', ",".join(str(j) for j in range(k)))
-                .replace('"@@INDPTR@@"', f"0,{k}")
-                .replace("@@K@@", str(k))
-                .replace("@@BASE@@", "[" + ",".join(["0"] * k) + "]"))
-        booster = xgboost.Booster()
-        booster.load_model(bytearray(text.encode()))
-        booster.set_param({"nthread": self.nthread})
-        if not cache:
-            return booster
-        with self._lock:
-            if len(self._boosters) > 4096:
-                self._boosters.clear()
-            self._boosters[trees] = booster
-        return booster
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:

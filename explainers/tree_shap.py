@@ -13,11 +13,9 @@ Rows are explained in chunks whose size is bounded by memory; the caller either 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
-import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,11 +26,12 @@ import numpy.typing as npt
 import xgboost
 
 from explainers.progress import ProgressCallback, no_progress
+from models.gpu import xgboost_cuda, xgboost_device_after_probe
 from models.trees import TreeEnsemble
 from models.xgboost_export import NotExportable, base_margin, to_xgboost_json
 
 __all__ = ["TreeShap", "ShapChunk", "TreeShapSummary", "TreeShapResult",
-           "explain_tree_shap", "cuda_available", "NotExportable"]
+           "explain_tree_shap", "NotExportable"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +43,6 @@ _BYTES_PER_CELL = 4 * 3
 
 # Exporting is Python work proportional to the number of nodes; loading the JSON is C++.
 _exported_models: weakref.WeakKeyDictionary[TreeEnsemble, bytes] = weakref.WeakKeyDictionary()
-
-
-@functools.cache
-def cuda_available() -> bool:
-    """Whether XGBoost can run on a CUDA GPU here (probed once with a one-tree booster)."""
-    if not xgboost.build_info().get("USE_CUDA", False):
-        return False
-    X = np.array([[0.0], [1.0]], dtype=np.float32)
-    booster = xgboost.train({"nthread": 1, "max_depth": 1}, xgboost.DMatrix(X, [0.0, 1.0]), 1)
-    return _device_after_probe(booster, "cuda", 1).startswith("cuda")
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,7 +100,7 @@ class TreeShap:
             raise ValueError(f"expected {k} output names, got {len(output_names)}")
         _check_covers(ensemble)
         if device == "auto":
-            device = "cuda" if cuda_available() else "cpu"
+            device = "cuda" if xgboost_cuda() else "cpu"
         self.ensemble = ensemble
         self.nthread = nthread
         self.feature_names: tuple[str, ...] = (
@@ -121,7 +110,7 @@ class TreeShap:
             tuple(output_names) if output_names is not None
             else ("raw",) if k == 1 else tuple(f"output_{i}" for i in range(k)))
         self.booster = xgboost.Booster(model_file=bytearray(_exported_json(ensemble)))
-        self.device_used = _device_after_probe(self.booster, device, nthread)
+        self.device_used = xgboost_device_after_probe(self.booster, device, nthread)
         if self.device_used != device:
             logger.warning("tree_shap device fallback", extra={
                 "event": "tree_shap_device_fallback", "requested": device,
@@ -388,24 +377,6 @@ def _exported_json(ensemble: TreeEnsemble) -> bytes:
         text = json.dumps(to_xgboost_json(ensemble)).encode()
         _exported_models[ensemble] = text
     return text
-
-
-def _device_after_probe(booster: xgboost.Booster, device: str, nthread: int) -> str:
-    """Set ``device`` and return the device XGBoost actually uses: it falls back to the
-    CPU (with a warning) when no GPU is visible, which shows only after a prediction."""
-    params: dict[str, Any] = {"device": device}
-    if nthread > 0:
-        params["nthread"] = nthread
-    with warnings.catch_warnings():
-        # XGBoost warns about a fallback to the CPU; the caller logs device_used instead
-        warnings.simplefilter("ignore", UserWarning)
-        booster.set_param(params)
-        if device == "cpu":
-            return "cpu"
-        n_features = booster.num_features()
-        booster.predict(xgboost.DMatrix(np.zeros((1, n_features), dtype=np.float32)))
-    config = json.loads(booster.save_config())
-    return str(config["learner"]["generic_param"]["device"])
 
 
 def _check_covers(ensemble: TreeEnsemble) -> None:

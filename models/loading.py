@@ -24,10 +24,10 @@ from models.loaders.sklearn import (
     load_skops,
 )
 from models.loaders.torchscript import load_torchscript
-from models.loaders.xgboost import booster_nthread, identity_booster, load_xgboost
+from models.loaders.xgboost import load_xgboost
 
 __all__ = ["load_model", "TASKS", "SKOPS_ALLOWED_BUILTINS", "SKOPS_ALLOWED_FUNCTIONS",
-           "ONNX_NAMES_KEY", "identity_booster", "booster_nthread"]
+           "ONNX_NAMES_KEY"]
 
 TASKS = ("regression", "binary", "multiclass")
 
@@ -129,7 +129,11 @@ def _assemble(
                 raise InvalidModel(f"classes do not match the model's own classes {stored}.")
             final_classes = list(classes)
         else:
-            final_classes = list(stored) if stored is not None else list(range(int(n_classes)))
+            if stored is None and n_classes is None:
+                raise InvalidModel("The model names no classes and states no class count; "
+                                   "upload it with classes=[...].")
+            final_classes = list(stored) if stored is not None else \
+                list(range(int(n_classes or 0)))
     categories = parts.categories_by_index
     keyed = {(names[i] if names is not None else str(i)): list(v) for i, v in categories.items()}
     return LoadedModel(
@@ -144,4 +148,7 @@ def _assemble(
         details=parts.details,
         native=parts.native,
         predictor=parts.predictor,
+        capabilities=parts.capabilities,
+        serial_predict=parts.serial_predict,
+        probability_dtype=parts.probability_dtype,
     )

@@ -1,6 +1,7 @@
 """ONNX files as scikit-learn estimators (the reference side of comparisons), and the
-check GPU tests skip on. Imports only numpy, onnxruntime, skl2onnx and scikit-learn, so
-the GPU tests that use it run on a machine with just that stack (``--noconftest``)."""
+check GPU tests skip on. Imports only numpy, onnxruntime, skl2onnx and scikit-learn (and
+``models.gpu``, which imports no library of its own), so the GPU tests that use it run on
+a machine with just that stack (``--noconftest``)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,15 @@ import onnxruntime
 from skl2onnx import to_onnx
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
+from models.gpu import gpu_visible, onnxruntime_cuda
+
 NO_ONNX_CUDA = "no CUDA GPU with onnxruntime's CUDA provider (onnxruntime-gpu) here"
 
 
 @functools.cache
 def onnx_cuda_available() -> bool:
-    """A CUDA GPU here and onnxruntime's CUDA provider (onnxruntime-gpu) starting on it."""
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
+    """A CUDA GPU here and onnxruntime's CUDA provider (onnxruntime-gpu) offered."""
+    return onnxruntime_cuda() and gpu_visible()
 
 
 class OnnxRegressor(RegressorMixin, BaseEstimator):

@@ -45,7 +45,7 @@ def load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> Loa
     else:
         file_task, n_classes = "regression", None
     n_features = booster.num_feature()
-    names = booster.feature_name()
+    names: list[str] | None = booster.feature_name()
     if names == [f"Column_{i}" for i in range(n_features)]:
         names = None  # LightGBM's placeholder names for a model trained without names
     details: dict[str, Any] = {
@@ -86,6 +86,7 @@ def load_lightgbm(path: Path, *, task: str | None, n_threads: int | None) -> Loa
         details=details,
         native=booster,
         predictor=_LightGBMPredictor(booster, file_task, n_outputs, n_threads),
+        capabilities=frozenset({"tree_ensemble"}),
     )
 
 
@@ -153,7 +154,7 @@ class _LightGBMPredictor:
         self._n_outputs = n_outputs
         self._params = {} if n_threads is None else {"num_threads": n_threads}
 
-    def use_device(self, device: Device) -> str:
+    def use_device(self, device: Device) -> Device:
         return "cpu"  # LightGBM's prediction has no GPU path
 
     def raw(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

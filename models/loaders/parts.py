@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from models.capabilities import Capability
 from models.loaded import Predictor
 
 __all__ = ["LoadedParts"]
@@ -27,6 +30,11 @@ class LoadedParts:
     details: format-specific facts, JSON-able.
     native: the library object (an InferenceSession for ONNX).
     predictor: the format's :class:`models.loaded.Predictor`.
+    capabilities: the optional methods the model has (``models.capabilities``); the
+        predictor has what each one calls.
+    serial_predict: predict calls should run one at a time (the library spreads one
+        call over every core already).
+    probability_dtype: the dtype the library computes probabilities in.
     """
 
     kind: str
@@ -40,3 +48,6 @@ class LoadedParts:
     predictor: Predictor
     classes: list[Any] | None = None
     categories_by_index: dict[int, list[str]] = field(default_factory=dict)
+    capabilities: frozenset[Capability] = frozenset()
+    serial_predict: bool = False
+    probability_dtype: np.dtype = np.dtype(np.float64)

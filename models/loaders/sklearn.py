@@ -184,7 +184,9 @@ def _sklearn_parts(estimator: Any) -> LoadedParts:
         details=details,
         native=estimator,
         predictor=_SklearnPredictor(estimator, file_task, n_outputs, decision,
-                                       frame=(list(names), labels) if needs_frame else None),
+                                       frame=(list(names), labels)
+                                       if needs_frame and names is not None else None),
+        capabilities=frozenset({"tree_ensemble"}),
     )
 
 
@@ -206,20 +208,20 @@ def _sklearn_inputs(estimator: Any) -> tuple[dict[int, list[Any]], bool]:
     steps = [step for _, step in estimator.steps] if hasattr(estimator, "steps") else \
         [estimator]
     first, final = steps[0], steps[-1]
-    labels: dict[int, list[Any]] = {}
+    found: dict[int, list[Any] | None] = {}
     if isinstance(first, ColumnTransformer):
         for name, transformer, _ in first.transformers_:
             columns = first._transformer_to_input_indices.get(name, [])
             for j, values in zip(columns, _encoder_categories(transformer), strict=False):
-                labels.setdefault(int(j), values)
+                found.setdefault(int(j), values)
     passthrough = all(step in ("passthrough", None) for step in steps[:-1])
     preprocessor = getattr(final, "_preprocessor", None) if passthrough else None
     if preprocessor is not None:  # HistGradientBoosting(categorical_features=...)
         encoder = preprocessor.named_transformers_["encoder"]
         columns = preprocessor._transformer_to_input_indices["encoder"]
         for j, values in zip(columns, _encoder_categories(encoder), strict=True):
-            labels.setdefault(int(j), values)
-    labels = {j: values for j, values in labels.items() if values is not None}
+            found.setdefault(int(j), values)
+    labels = {j: values for j, values in found.items() if values is not None}
     return labels, bool(labels) or isinstance(first, ColumnTransformer)
 
 
@@ -297,7 +299,7 @@ class _SklearnPredictor:
 
         self._sklearn_config = sklearn.get_config
 
-    def use_device(self, device: Device) -> str:
+    def use_device(self, device: Device) -> Device:
         return "cpu"
 
     def _call(self, method: str, X: npt.NDArray[np.float64]) -> npt.NDArray[Any]:

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.errors import InvalidModel, UnsupportedModelFormat, first_line
+from models.gpu import torch_cuda
 from models.loaded import Device
 from models.loaders.parts import LoadedParts
 from models.loaders.probabilities import sigmoid, softmax, two_columns
@@ -80,7 +81,7 @@ class _TorchPredictor:
     def __init__(self, module: Any, n_threads: int | None) -> None:
         self._module = module
         self._n_threads = n_threads
-        self._device = "cpu"
+        self._device: Device = "cpu"
         self._task = "regression"
         self._width = 1
 
@@ -88,10 +89,8 @@ class _TorchPredictor:
         self._task = task
         self._width = width
 
-    def use_device(self, device: Device) -> str:
-        import torch
-
-        target = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+    def use_device(self, device: Device) -> Device:
+        target: Device = "cuda" if device == "cuda" and torch_cuda() else "cpu"
         if target != self._device:
             self._module.to(target)
             self._device = target

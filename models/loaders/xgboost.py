@@ -3,26 +3,28 @@
 Prediction is XGBoost's own ``inplace_predict``, on the GPU when XGBoost was built with
 CUDA and cupy finds a device; predictions from accumulated margins go through a booster
 with this model's objective and one zero leaf, so the transform is XGBoost's, bit for bit.
+A gbtree model declares the capabilities built on that: ``predict_from_margin`` and
+``tree_subsets`` (``models.tree_subsets``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from models.capabilities import Capability
 from models.errors import InvalidModel, UnsupportedOutput, first_line
+from models.gpu import cupy_cuda
 from models.loaded import Device
 from models.loaders.parts import LoadedParts
 from models.loaders.probabilities import sigmoid, softmax, two_columns
+from models.tree_subsets import TreeSubsets
 
 __all__ = ["load_xgboost", "identity_booster", "booster_nthread"]
-
-logger = logging.getLogger(__name__)
 
 
 def load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> LoadedParts:
@@ -68,17 +70,24 @@ def load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> Load
     if categories:
         # XGBoost re-codes a DataFrame's categories to these and refuses any other value.
         details["unseen_categories"] = "error"
+    capabilities: set[Capability] = {"tree_ensemble"}
+    if booster_kind == "gbtree":
+        capabilities |= {"predict_from_margin", "tree_subsets"}
+    names = booster.feature_names
     return LoadedParts(
         kind="other" if booster_kind == "gblinear" else "tree",
         task=file_task,
         n_features=booster.num_features(),
-        feature_names=booster.feature_names,
+        feature_names=None if names is None else list(names),
         n_outputs=n_outputs,
         n_classes=n_classes,
         categories_by_index=categories,
         details=details,
         native=booster,
         predictor=_XGBoostPredictor(booster, objective, n_outputs),
+        capabilities=frozenset(capabilities),
+        # XGBoost computes probabilities in float32 (XGBClassifier.predict_proba's dtype)
+        probability_dtype=np.dtype(np.float32),
     )
 
 
@@ -99,11 +108,11 @@ class _XGBoostPredictor:
         self._booster = booster
         self._objective = objective
         self._n_outputs = n_outputs
-        self._device = "cpu"
+        self._device: Device = "cpu"
         self._identity: Any = None
 
-    def use_device(self, device: Device) -> str:
-        if device == "cuda" and self._device != "cuda" and _xgboost_cuda_available():
+    def use_device(self, device: Device) -> Device:
+        if device == "cuda" and self._device != "cuda" and cupy_cuda():
             self._booster.set_param({"device": "cuda"})
             self._device = "cuda"
         elif device == "cpu" and self._device != "cpu":
@@ -116,7 +125,7 @@ class _XGBoostPredictor:
         if margin is not None:
             if predict_type == "margin":
                 return margin
-            return self._identity_booster().inplace_predict(  # type: ignore[no-any-return]
+            return self._identity_booster().inplace_predict(
                 np.zeros((margin.shape[0], 1), dtype=np.float32), predict_type=predict_type,
                 base_margin=margin)
         assert X is not None
@@ -126,7 +135,7 @@ class _XGBoostPredictor:
             return cupy.asnumpy(
                 self._booster.inplace_predict(cupy.asarray(X), predict_type=predict_type)
             )
-        return self._booster.inplace_predict(X, predict_type=predict_type)  # type: ignore[no-any-return]
+        return self._booster.inplace_predict(X, predict_type=predict_type)
 
     def raw(self, X: npt.NDArray[np.float64] | None,
             margin: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float64]:
@@ -164,6 +173,12 @@ class _XGBoostPredictor:
         margin = np.ascontiguousarray(margin, dtype=np.float32).reshape(-1, self._n_outputs)
         compute = {"raw": self.raw, "probability": self.probability, "label": self.label}
         return compute[output](None, margin)
+
+    def tree_subsets(self) -> TreeSubsets | None:
+        """The model's trees in any subset (see ``models.tree_subsets``), read afresh: the
+        caller keeps the subsets' boosters for as long as it holds the object."""
+        return TreeSubsets.read(self._booster, identity=self._identity_booster(),
+                                nthread=booster_nthread(self._booster))
 
     def _identity_booster(self) -> Any:
         if self._identity is None:
@@ -218,25 +233,3 @@ def booster_nthread(booster: Any) -> int:
     """The ``nthread`` an XGBoost booster predicts with (0: every core)."""
     config = json.loads(booster.save_config())
     return int(config["learner"]["generic_param"].get("nthread", "0") or 0)
-
-
-_xgboost_cuda: bool | None = None
-
-
-def _xgboost_cuda_available() -> bool:
-    """Whether XGBoost can predict on a GPU here: built with CUDA, cupy and a device present."""
-    global _xgboost_cuda
-    if _xgboost_cuda is None:
-        import xgboost
-
-        _xgboost_cuda = False
-        if xgboost.build_info().get("USE_CUDA"):
-            try:
-                import cupy
-
-                _xgboost_cuda = cupy.cuda.runtime.getDeviceCount() > 0
-            except ImportError:
-                logger.info("cupy is not installed: XGBoost predicts on the CPU")
-            except cupy.cuda.runtime.CUDARuntimeError:
-                logger.info("no CUDA device: XGBoost predicts on the CPU")
-    return _xgboost_cuda

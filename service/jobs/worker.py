@@ -52,6 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from explainers.progress import Cancelled
 from models.errors import ModelError
+from models.gpu import gpu_visible
 from models.inspection import ModelInfo
 from models.loaded import Device
 from models.versions import installed_versions
@@ -101,10 +102,7 @@ _PARENT_POLL_SECONDS = 1.0
 def detect_gpu() -> bool:
     """Whether this machine has an NVIDIA GPU this process may use (cheap: no CUDA
     library is loaded)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
-        return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
+    return gpu_visible()
 
 
 def run_worker(settings: Settings, kinds: KindRegistry, *, concurrency: int = 1,

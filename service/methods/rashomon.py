@@ -18,6 +18,7 @@ from explainers.rashomon import (
     run_rashomon_interactions,
 )
 from explainers.rashomon_figures import draw_halo, draw_search_trace, draw_swarm, draw_swarm_main
+from models.loaded import Output
 from service.errors import Unprocessable
 from service.methods.inputs import (
     LabelMap,
@@ -162,7 +163,7 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     assert y is not None
     names = feature_names(ctx.model, model_columns(ctx))
     model = ctx.load_model()
-    output = "label" if model.task == "regression" else "probability"
+    output: Output = "label" if model.task == "regression" else "probability"
     # Every row the method predicts is a masked (scaled) or permuted copy of rows of X:
     # when X is finite, so are they, and scikit-learn's finiteness check on each call (a
     # pass over the batch, twice for a pipeline) can be skipped. Its config is per thread.
@@ -171,10 +172,9 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     def predict(rows: np.ndarray) -> np.ndarray:
         with sklearn.config_context(assume_finite=finite):
             return model.predict(rows, output=output, device=ctx.device)
-    # One tiny call places the model: where it runs (a scikit-learn model on a GPU worker
-    # stays on the CPU) sets the size of the calls.
-    predict(X[:2])
-    device_used = getattr(model, "device_used", None) or "cpu"
+    # Where the model runs (a scikit-learn model on a GPU worker stays on the CPU) sets
+    # the size of the calls.
+    device_used = model.place(ctx.device)
     # The predict calls are many and small: BLAS threads inside one call only add
     # hand-offs, so the worker's cores run whole calls side by side instead (the numbers
     # do not depend on it).
@@ -193,7 +193,7 @@ def run(ctx: RunContext[RashomonJobParams]) -> JobOutput:
     summary["provenance"] = {**summary.get("provenance", {}),
                              **provenance(seed=params.random_state)}
     return JobOutput(summary=summary, arrays=result.arrays(), array_dims=array_dims(result),
-                     device_used=getattr(model, "device_used", None))
+                     device_used=device_used)
 
 
 def array_dims(result: RashomonResult) -> dict[str, list[Axis]]:

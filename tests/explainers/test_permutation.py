@@ -45,13 +45,28 @@ def saved(path: Path, fmt: str, **options: Any) -> LoadedModel:
     return load_model(path, format=fmt, n_threads=1, **options)
 
 
-class EstimatorModel:
-    """The Predictor protocol over a fitted scikit-learn-API estimator, without trees."""
+class BaseProtocolModel:
+    """The parts of ``models.capabilities.PredictiveModel`` every fake here shares: it
+    declares no capability, computes in float64 and runs on the CPU only."""
+
+    n_outputs = 1
+    input_dtype = np.dtype(np.float64)
+    capabilities: frozenset[str] = frozenset()
+    serial_predict = False
+    probability_dtype = np.dtype(np.float64)
+
+    def place(self, device: str) -> str:
+        return "cpu"
+
+
+class EstimatorModel(BaseProtocolModel):
+    """The base protocol over a fitted scikit-learn-API estimator, without trees."""
 
     def __init__(self, estimator: Any, task: str) -> None:
         self.estimator = estimator
         self.task = task
         self.classes = None if task == "regression" else list(estimator.classes_)
+        self.n_features = int(estimator.n_features_in_)
 
     def predict(self, X: np.ndarray, *, output: str = "raw", device: str = "cpu",
                 batch_rows: int | None = None) -> np.ndarray:
@@ -272,12 +287,13 @@ def test_graph_that_cannot_be_wrapped_takes_the_plain_path(regression_data, tmp_
     np.testing.assert_allclose(ours.importances, expected.importances, rtol=0, atol=TOL)
 
 
-class RoundedProbabilities:
+class RoundedProbabilities(BaseProtocolModel):
     """A binary classifier whose float32 probabilities overshoot 1 by rounding, as a
     sigmoid on a GPU gives them (1.0000001192092896)."""
 
     task = "binary"
     classes = [0, 1]
+    n_features = 5
 
     def predict(self, X: np.ndarray, *, output: str = "label", device: str = "cpu",
                 batch_rows: int | None = None) -> np.ndarray:
@@ -324,11 +340,12 @@ def test_linear_model_importance_is_twice_coef_squared():
     np.testing.assert_allclose(result.importances_mean, 2 * coef**2, rtol=0.03, atol=0.01)
 
 
-class FirstCopyModel:
+class FirstCopyModel(BaseProtocolModel):
     """Predicts with an estimator fitted on [a, b] from a table [a, a_copy, b] using a_copy."""
 
     task = "regression"
     classes = None
+    n_features = 3
 
     def __init__(self, estimator: Any) -> None:
         self.estimator = estimator
@@ -336,6 +353,30 @@ class FirstCopyModel:
     def predict(self, X: np.ndarray, *, output: str = "raw", device: str = "cpu",
                 batch_rows: int | None = None) -> np.ndarray:
         return self.estimator.predict(X[:, [1, 2]]).astype(np.float64)
+
+
+@pytest.mark.parametrize("path", ["auto", "tree_subset", "graph", "plain"])
+def test_a_model_with_only_the_base_protocol_takes_the_plain_path(regression_data, path):
+    """A tree model that declares no capability (only ``PredictiveModel``) is permuted
+    through ``predict`` whatever path is asked for, with scikit-learn's numbers: nothing
+    looks at its library."""
+    X, y = regression_data
+    est = xgboost.XGBRegressor(n_estimators=20, max_depth=3, n_jobs=1).fit(X, y)
+    model = EstimatorModel(est, "regression")
+    assert_same_as_sklearn(model, est, X, y, "r2", path=path)
+    result = permutation_importance(model, X, y, feature_names=[f"x{j}" for j in range(5)],
+                                    n_repeats=2, n_jobs=2, path=path)
+    assert result.provenance["path"] == "plain" and result.provenance["n_jobs"] == 2
+
+
+def test_a_model_declaring_serial_predict_runs_one_feature_at_a_time(regression_data):
+    X, y = regression_data
+    est = LinearRegression().fit(X, y)
+    model = EstimatorModel(est, "regression")
+    model.serial_predict = True
+    result = permutation_importance(model, X, y, feature_names=[f"x{j}" for j in range(5)],
+                                    n_repeats=2, n_jobs=4)
+    assert result.provenance["n_jobs"] == 1
 
 
 def test_group_of_identical_columns_equals_the_single_column(regression_data):
@@ -391,20 +432,21 @@ def test_subset_path_is_not_built_where_every_feature_is_in_most_trees(
         regression_data, tmp_path, monkeypatch):
     """Each of the two features splits most of the trees: the subset path cannot gain,
     so no tree is evaluated for it (no build, no timing); the plain path runs."""
-    from explainers import permutation
+    from models.tree_subsets import TreeSubsets
 
     X, y = regression_data
     X2 = X[:, :2]
     est = xgboost.XGBRegressor(n_estimators=20, max_depth=3, n_jobs=1).fit(X2, y)
     est.get_booster().save_model(tmp_path / "model.json")
     model = saved(tmp_path / "model.json", "xgboost")
-    trees = permutation._BoosterTrees.read(model.native)
+    trees = model.tree_subsets()
+    assert trees is not None
     assert all(2 * len(trees.touched([j])) > trees.n_trees for j in range(2))
 
     def refuse(*args, **kwargs):
         raise AssertionError("the subset path was built")
 
-    monkeypatch.setattr(permutation._BoosterTrees, "evaluate", refuse)
+    monkeypatch.setattr(TreeSubsets, "evaluate", refuse)
     result = permutation_importance(model, X2, y, feature_names=["x0", "x1"], n_repeats=2)
     assert result.provenance["path"] == "plain"
 

@@ -41,9 +41,9 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 def compare(model, reference, X, y, scoring, tolerance=1e-5, **options) -> dict:
     names = [f"x{j}" for j in range(X.shape[1])]
+    assert model.place("cuda") == "cuda"
     ours = permutation_importance(model, X, y, scoring=scoring, feature_names=names,
                                   n_repeats=3, random_state=7, device="cuda", **options)
-    assert model.device_used == "cuda"
     expected = sklearn_permutation_importance(reference, X, y, scoring=scoring, n_repeats=3,
                                               random_state=7, **options)
     scale = np.abs(expected.importances).max()

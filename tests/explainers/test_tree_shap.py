@@ -18,10 +18,10 @@ from explainers.tree_shap import (
     TreeShap,
     TreeShapSummary,
     _abs_sum_rows,
-    cuda_available,
     explain_tree_shap,
 )
 from models import tree_eval
+from models.gpu import xgboost_cuda
 from models.readers import read_ensemble
 from models.trees import Tree, TreeEnsemble
 from tests.models.tree_builders import random_ensemble, rows_on_thresholds
@@ -344,7 +344,7 @@ def test_invalid_input_is_refused_with_a_sentence() -> None:
         TreeShap(broken)
 
 
-@pytest.mark.skipif(not cuda_available(), reason="no CUDA GPU")
+@pytest.mark.skipif(not xgboost_cuda(), reason="no CUDA GPU")
 def test_cuda_equals_cpu() -> None:
     ensemble = random_ensemble(23, n_trees=20, depth=6, n_features=8)
     X = rows_on_thresholds(ensemble, np.random.default_rng(23), 500)
@@ -357,7 +357,7 @@ def test_cuda_equals_cpu() -> None:
 
 
 def test_cuda_request_without_gpu_reports_cpu() -> None:
-    if cuda_available():
+    if xgboost_cuda():
         pytest.skip("a CUDA GPU is present")
     explainer = TreeShap(random_ensemble(24), device="cuda", nthread=1)
     assert explainer.device_used == "cpu"
