@@ -206,7 +206,8 @@ def _tree_details(model: LoadedModel) -> tuple[str, dict[str, Any]]:
         return model.kind, {
             "capabilities": {
                 "tree_shap": False,
-                "reason": f"A {model.kind} model has no trees to read.",
+                "reason": (f"This {model.format} model is not a tree ensemble (kind "
+                           f"{model.kind!r}): it has no trees to read."),
             }
         }
     try:

@@ -66,11 +66,12 @@ def load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> Load
     }
     if any(t == "c" for t in feature_types):
         details["categorical_features"] = [i for i, t in enumerate(feature_types) if t == "c"]
-    categories = _xgboost_categories(booster)
+    # a linear booster has no trees, so no categories (XGBoost refuses to be asked)
+    categories = {} if booster_kind == "gblinear" else _xgboost_categories(booster)
     if categories:
         # XGBoost re-codes a DataFrame's categories to these and refuses any other value.
         details["unseen_categories"] = "error"
-    capabilities: set[Capability] = {"tree_ensemble"}
+    capabilities: set[Capability] = set() if booster_kind == "gblinear" else {"tree_ensemble"}
     if booster_kind == "gbtree":
         capabilities |= {"predict_from_margin", "tree_subsets"}
     names = booster.feature_names
@@ -84,7 +85,8 @@ def load_xgboost(path: Path, *, task: str | None, n_threads: int | None) -> Load
         categories_by_index=categories,
         details=details,
         native=booster,
-        predictor=_XGBoostPredictor(booster, objective, n_outputs),
+        predictor=_XGBoostPredictor(booster, objective, n_outputs,
+                                    linear=booster_kind == "gblinear"),
         capabilities=frozenset(capabilities),
         # XGBoost computes probabilities in float32 (XGBClassifier.predict_proba's dtype)
         probability_dtype=np.dtype(np.float32),
@@ -104,8 +106,11 @@ def _xgboost_categories(booster: Any) -> dict[int, list[str]]:
 
 
 class _XGBoostPredictor:
-    def __init__(self, booster: Any, objective: str, n_outputs: int) -> None:
+    def __init__(self, booster: Any, objective: str, n_outputs: int, *,
+                 linear: bool = False) -> None:
         self._booster = booster
+        # a linear booster has no in-place prediction: it predicts from a DMatrix
+        self._linear = linear
         self._objective = objective
         self._n_outputs = n_outputs
         self._device: Device = "cpu"
@@ -129,6 +134,11 @@ class _XGBoostPredictor:
                 np.zeros((margin.shape[0], 1), dtype=np.float32), predict_type=predict_type,
                 base_margin=margin)
         assert X is not None
+        if self._linear:
+            import xgboost
+
+            return self._booster.predict(xgboost.DMatrix(X),
+                                         output_margin=predict_type == "margin")
         if self._device == "cuda":
             import cupy
 

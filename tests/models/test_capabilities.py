@@ -113,6 +113,34 @@ def test_xgboost_trees_whose_output_is_not_their_leaf_value_give_no_subsets(
                        model.predict(X, output="label"))
 
 
+@pytest.mark.filterwarnings("ignore:.*booster=gblinear. is deprecated")  # on purpose
+@pytest.mark.parametrize("objective", ["reg:squarederror", "binary:logistic"])
+def test_xgboost_linear_model_loads_predicts_and_declares_no_trees(
+        objective: str, tmp_path: Path) -> None:
+    """A gblinear booster has no trees (XGBoost refuses to list its categories or to
+    predict in place): it loads as a model of kind "other", predicts as XGBoost does,
+    and declares nothing."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    y = 2 * X[:, 0] - X[:, 1]
+    trained = xgboost.train({"booster": "gblinear", "nthread": 1, "objective": objective},
+                            xgboost.DMatrix(X, y > 0 if objective.startswith("binary") else y),
+                            10)
+    trained.save_model(tmp_path / "model.json")
+    model = load_model(tmp_path / "model.json", format="xgboost", n_threads=1)
+    assert model.kind == "other" and model.capabilities == frozenset()
+    expected = trained.predict(xgboost.DMatrix(X))
+    assert_array_equal(model.predict(X)[:, 0],
+                       trained.predict(xgboost.DMatrix(X), output_margin=True))
+    if objective.startswith("binary"):
+        assert_array_equal(model.predict(X, output="probability")[:, 1], expected)
+        assert_array_equal(model.predict(X, output="label"), (expected > 0.5).astype(int))
+    else:
+        assert_array_equal(model.predict(X, output="label"), expected)
+    with pytest.raises(NotATreeModel):
+        model.tree_ensemble()
+
+
 def test_onnx_graph_with_a_fixed_batch_declares_no_permuted_predictor(tmp_path: Path) -> None:
     graph = helper.make_graph(
         [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)], "g",
