@@ -99,12 +99,6 @@ _PR_SET_PDEATHSIG = 1
 _PARENT_POLL_SECONDS = 1.0
 
 
-def detect_gpu() -> bool:
-    """Whether this machine has an NVIDIA GPU this process may use (cheap: no CUDA
-    library is loaded)."""
-    return gpu_visible()
-
-
 def run_worker(settings: Settings, kinds: KindRegistry, *, concurrency: int = 1,
                device: Literal["auto", "cpu", "cuda"] = "auto",
                parent_pid: int | None = None) -> int:
@@ -121,9 +115,9 @@ def run_worker(settings: Settings, kinds: KindRegistry, *, concurrency: int = 1,
     settings.ensure_dirs()
     db = Database(settings.resolved_database_url)
     upgrade(db.engine)
-    resolved: Device = "cuda" if device == "cuda" or (device == "auto" and detect_gpu()) \
+    resolved: Device = "cuda" if device == "cuda" or (device == "auto" and gpu_visible()) \
         else "cpu"
-    if device == "cuda" and not detect_gpu():
+    if device == "cuda" and not gpu_visible():
         log.warning("no GPU detected; the worker takes gpu jobs as asked",
                     extra={"event": "worker_no_gpu"})
     stop = threading.Event()
